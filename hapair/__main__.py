@@ -1,0 +1,4 @@
+import sys
+from hapair.cli import main
+
+sys.exit(main())

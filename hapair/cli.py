@@ -1,0 +1,183 @@
+"""`hapair`: the operator's command line.
+
+Exit codes (for scripts and monitoring):
+  0  done; for `status`, the node is healthy
+  1  the daemon could not be reached, or refused the command (the message says why)
+  2  bad arguments, or a configuration file with errors
+  3  `status` only: degraded, a real server is down or a virtual service has no server taking clients
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from hapair import configfile
+
+DEFAULT_CONFIG = os.environ.get("HAPAIR_CONFIG", "/etc/hapair/hapair.yaml")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DEGRADED = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hapair", description="A highly available load-balancer pair.")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"the node's configuration file ({DEFAULT_CONFIG})")
+    p.add_argument("--socket", help="the control socket (default: node.control_socket of --config)")
+    p.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", help="run the daemon in the foreground")
+    check = sub.add_parser("check-config", help="check a configuration file and print every error")
+    check.add_argument("file", nargs="?", help="the file (default: --config)")
+    sub.add_parser("status", help="the node's virtual services and real servers")
+    for state, text in (("drain", "keep persistent clients, take no new ones"), ("halt", "take nothing new"),
+                        ("online", "take new clients again")):  # fmt: skip
+        cmd = sub.add_parser(state, help=f"{text} (a real server)")
+        cmd.add_argument("server", help="the real server's label, e.g. CAS2")
+        cmd.add_argument("--vip", help="only in this virtual service (default: every one that has the server)")
+        if state == "drain":
+            cmd.add_argument("--clear-persistence", action="store_true", help="also forget its persistent clients")
+    sub.add_parser("reload", help="re-read the configuration file and apply what changed")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        from hapair import daemon
+
+        return daemon.run(args.config)
+    if args.command == "check-config":
+        return _check_config(args.file or args.config, args.json)
+    return _remote(args)
+
+
+def _check_config(path: str, as_json: bool) -> int:
+    try:
+        config = configfile.load(path)
+    except configfile.ConfigError as e:
+        if as_json:
+            print(json.dumps({"ok": False, "problems": [vars(p) for p in e.problems]}, indent=2))
+        else:
+            print(f"{path}: {len(e.problems)} problem(s)", file=sys.stderr)
+            for problem in e.problems:
+                print(f"  {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    services = config.cluster.virtual_services
+    if as_json:
+        print(json.dumps({"ok": True, "virtual_services": [vs.label for vs in services]}))
+    else:
+        print(f"{path}: OK, node {config.node.name}, {len(services)} virtual service(s)")
+    return EXIT_OK
+
+
+def _socket_path(args: argparse.Namespace) -> str:
+    if args.socket:
+        return args.socket
+    try:
+        return configfile.load(args.config).node.control_socket
+    except configfile.ConfigError as e:
+        raise SystemExit(f"hapair: cannot find the control socket: {e}\n(give --socket PATH or --config FILE)")
+
+
+def _remote(args: argparse.Namespace) -> int:
+    from twisted.internet import error, task
+
+    from hapair import control
+
+    path = _socket_path(args)
+    outcome: dict[str, Any] = {}
+
+    def go(reactor: Any) -> Any:
+        if args.command == "status":
+            d = control.call(path, control.Status, reactor)
+        elif args.command == "reload":
+            d = control.call(path, control.Reload, reactor)
+        else:
+            d = control.call(
+                path, control.SetAdminState, reactor, server=args.server, state=args.command, vs=args.vip,
+                clear_persistence=getattr(args, "clear_persistence", False),
+            )  # fmt: skip
+
+        def ok(answer: dict) -> None:
+            outcome["answer"] = answer
+
+        def failed(f: Any) -> None:
+            if f.check(error.ConnectError, FileNotFoundError, ConnectionRefusedError):
+                outcome["error"] = f"the daemon is not running (no answer on {path}: {f.getErrorMessage()})"
+            else:
+                outcome["error"] = f.getErrorMessage()
+
+        return d.addCallbacks(ok, failed)
+
+    try:
+        task.react(go)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            outcome.setdefault("error", f"exit {e.code}")
+    if "error" in outcome:
+        if args.json:
+            print(json.dumps({"ok": False, "error": outcome["error"]}))
+        else:
+            print(f"hapair {args.command}: {outcome['error']}", file=sys.stderr)
+        return EXIT_FAILED
+    answer = outcome["answer"]
+    if args.command == "status":
+        status = answer["status"]
+        degraded = _degraded(status)
+        print(json.dumps(status, indent=2) if args.json else _status_table(status, degraded))
+        return EXIT_DEGRADED if degraded else EXIT_OK
+    if args.json:
+        print(json.dumps({"ok": True, **answer}))
+    elif args.command == "reload":
+        print("reloaded: " + ", ".join(answer["result"]["virtual_services"]))
+    else:
+        for vs, server in answer["changed"]:
+            print(f"{vs}/{server}: {args.command}")
+    return EXIT_OK
+
+
+def _degraded(status: dict) -> list[str]:
+    problems = []
+    for vs in status["virtual_services"]:
+        for s in vs["servers"]:
+            if s["health"] != "up":
+                problems.append(f"{vs['label']}/{s['label']} down")
+        if not any(s["health"] == "up" and s["admin"] == "online" and s["weight"] > 0 for s in vs["servers"]):
+            problems.append(f"{vs['label']} has no real server taking new clients")
+    return problems
+
+
+def _status_table(status: dict, degraded: list[str]) -> str:
+    lines = [f"node {status['node']} (pid {status['pid']}) - {'DEGRADED' if degraded else 'healthy'}"]
+    for problem in degraded:
+        lines.append(f"  ! {problem}")
+    head = f"{'SERVICE / SERVER':<24} {'ADDRESS':<28} {'HEALTH':<6} {'ADMIN':<6} {'WT':>3} {'CUR':>5} {'TOTAL':>7} {'FAIL':>5} {'IN':>9} {'OUT':>9}"
+    lines.append(head)
+    for vs in status["virtual_services"]:
+        address = f"{vs['ip']}:{','.join(map(str, vs['ports']))}"
+        persist = "" if vs["persistence_entries"] is None else f"  persistent clients: {vs['persistence_entries']}"
+        lines.append(
+            f"{vs['label']:<24} {address:<28} {'':<6} {'':<6} {'':>3} {vs['current']:>5} {vs['total']:>7} "
+            f"{vs['refused']:>5} {_size(vs['bytes_in']):>9} {_size(vs['bytes_out']):>9}{persist}"
+        )
+        for s in vs["servers"]:
+            address = f"{s['ip']}:{s['port'] if s['port'] is not None else '(client port)'}"
+            lines.append(
+                f"  {s['label']:<22} {address:<28} {s['health']:<6} {s['admin']:<6} {s['weight']:>3} {s['current']:>5} "
+                f"{s['total']:>7} {s['failed']:>5} {_size(s['bytes_in']):>9} {_size(s['bytes_out']):>9}"
+            )
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return str(n)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The local control channel: typed AMP commands over a UNIX socket, used by the CLI.
+
+The CLI changes nothing itself; every action is a command the daemon carries out and answers, so what
+the CLI prints is what the daemon did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+from twisted.application import service
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IListeningPort
+from twisted.protocols import amp
+
+
+class JSON(amp.Argument):
+    """A JSON document of any size: AMP caps one value at 64 KiB, so it travels in numbered chunks."""
+
+    CHUNK = amp.MAX_VALUE_LENGTH
+
+    def toBox(self, name: bytes, strings: dict, objects: dict, proto: amp.AMP) -> None:
+        data = json.dumps(objects[name.decode()], separators=(",", ":")).encode()
+        chunks = [data[i : i + self.CHUNK] for i in range(0, len(data), self.CHUNK)] or [b""]
+        strings[name] = str(len(chunks)).encode()
+        for i, chunk in enumerate(chunks):
+            strings[name + b".%d" % i] = chunk
+
+    def fromBox(self, name: bytes, strings: dict, objects: dict, proto: amp.AMP) -> None:
+        count = int(strings[name])
+        data = b"".join(strings[name + b".%d" % i] for i in range(count))
+        objects[name.decode()] = json.loads(data)
+
+
+class UnknownServerError(Exception):
+    pass
+
+
+class ConfigInvalidError(Exception):
+    pass
+
+
+class Status(amp.Command):
+    arguments: list = []
+    response = [(b"status", JSON())]
+
+
+class SetAdminState(amp.Command):
+    arguments = [
+        (b"server", amp.Unicode()),
+        (b"state", amp.Unicode()),
+        (b"vs", amp.Unicode(optional=True)),
+        (b"clear_persistence", amp.Boolean()),
+    ]
+    response = [(b"changed", JSON())]
+    errors = {UnknownServerError: b"UNKNOWN_SERVER"}
+
+
+class Reload(amp.Command):
+    arguments: list = []
+    response = [(b"result", JSON())]
+    errors = {ConfigInvalidError: b"CONFIG_INVALID"}
+
+
+class ControlProtocol(amp.AMP):
+    """Answers commands by calling the daemon's handlers: `status()`, `set_admin_state()`, `reload()`."""
+
+    def __init__(self, daemon: Any):
+        super().__init__()
+        self.daemon = daemon
+
+    @Status.responder
+    def status(self) -> dict:
+        return {"status": self.daemon.status()}
+
+    @SetAdminState.responder
+    def set_admin_state(self, server: str, state: str, vs: str | None, clear_persistence: bool) -> dict:
+        return {"changed": self.daemon.set_admin_state(server, state, vs, clear_persistence)}
+
+    @Reload.responder
+    def reload(self) -> defer.Deferred:
+        return defer.maybeDeferred(self.daemon.reload).addCallback(lambda result: {"result": result})
+
+
+class ControlService(service.Service):
+    """Listens on the control socket: owner root, group `hapair` when that group exists, mode 0660."""
+
+    def __init__(self, path: str, daemon: Any, reactor: Any):
+        self.path, self.daemon, self.reactor = path, daemon, reactor
+        self.port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        # wantPID: a lock file beside the socket refuses a second daemon and clears a dead one's socket.
+        factory = protocol.Factory.forProtocol(lambda: ControlProtocol(self.daemon))
+        factory.noisy = False
+        self.port = self.reactor.listenUNIX(self.path, factory, mode=0o660, wantPID=True)
+        try:
+            import grp
+
+            os.chown(self.path, 0, grp.getgrnam("hapair").gr_gid)
+        except (KeyError, PermissionError):
+            pass
+
+    def startService(self) -> None:
+        if self.port is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def stopService(self) -> defer.Deferred | None:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return defer.maybeDeferred(port.stopListening)
+        return None
+
+
+def call(socket_path: str, command: type[amp.Command], reactor: Any = None, **kwargs: Any) -> defer.Deferred:
+    """Connects to a daemon's control socket, sends one command and fires with its answer."""
+    if reactor is None:
+        from twisted.internet import reactor
+    creator = protocol.ClientCreator(reactor, amp.AMP)
+    d = creator.connectUNIX(socket_path, timeout=5)
+
+    def send(proto: amp.AMP) -> defer.Deferred:
+        result = proto.callRemote(command, **kwargs)
+        result.addBoth(_close(proto))
+        return result
+
+    return d.addCallback(send)
+
+
+def _close(proto: amp.AMP) -> Callable[[Any], Any]:
+    def close(result: Any) -> Any:
+        proto.transport.loseConnection()
+        return result
+
+    return close

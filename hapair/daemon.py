@@ -1,0 +1,110 @@
+"""Daemon wiring: one service tree per node, built from its configuration file.
+
+Children start in order and stop in reverse: the proxy binds its listeners first (a port that cannot be
+bound stops the start), then the control socket opens. SIGHUP, like `hapair reload`, re-reads the file
+and applies the cluster section as a diff.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from hapair import configfile, control
+from hapair.config import AdminState, Config
+from proxy.service import ProxyService, UnknownServer
+
+log = Logger(namespace="hapair.daemon")
+
+
+class Daemon:
+    def __init__(self, config_path: str, config: Config, reactor: Any):
+        self.config_path, self.config, self.reactor = config_path, config, reactor
+        self.proxy = ProxyService(config.cluster, reactor)
+        self.control = control.ControlService(config.node.control_socket, self, reactor)
+        self.top = service.MultiService()
+        self.proxy.setServiceParent(self.top)
+        self.control.setServiceParent(self.top)
+
+    # --- control commands ---------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node": self.config.node.name,
+            "pid": os.getpid(),
+            "config": os.path.abspath(self.config_path),
+            "virtual_services": self.proxy.snapshot(),
+        }
+
+    def set_admin_state(self, server: str, state: str, vs: str | None, clear_persistence: bool) -> list:
+        try:
+            admin = AdminState(state)
+        except ValueError:
+            raise control.UnknownServerError(f"{state!r} is not one of online, drain, halt")
+        try:
+            return [list(pair) for pair in self.proxy.set_admin_state(server, admin, vs, clear_persistence)]
+        except UnknownServer as e:
+            raise control.UnknownServerError(e.args[0])
+
+    def reload(self) -> defer.Deferred:
+        try:
+            new = configfile.load(self.config_path)
+        except configfile.ConfigError as e:
+            log.error("reload refused, still running the previous configuration:\n{problems}", problems=str(e))
+            raise control.ConfigInvalidError(str(e))
+        if new.node != self.config.node:
+            log.warn("node section changed: it takes effect at the next restart")
+        d = self.proxy.apply(new.cluster)
+
+        def applied(_: object) -> dict[str, Any]:
+            self.config = Config(node=self.config.node, cluster=new.cluster)
+            labels = [vs.label for vs in new.cluster.virtual_services]
+            log.info("reloaded {path}: {labels}", path=self.config_path, labels=", ".join(labels))
+            return {"virtual_services": labels}
+
+        return d.addCallback(applied)
+
+
+def run(config_path: str) -> int:
+    """Runs the daemon in the foreground until SIGTERM/SIGINT; returns the exit status."""
+    from twisted.internet import reactor
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    try:
+        config = configfile.load(config_path)
+    except configfile.ConfigError as e:
+        print(f"hapair: not starting, {config_path} has errors:\n{e}", file=sys.stderr)
+        return 2
+    # hapair's own events at info; the libraries' (AMP connection chatter, port opened) from warn up.
+    levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    levels.setLogLevelForNamespace("hapair", LogLevel.info)
+    observer = FilteringLogObserver(textFileLogObserver(sys.stdout), [levels])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    daemon = Daemon(config_path, config, reactor)
+    try:
+        daemon.top.privilegedStartService()
+    except Exception as e:  # a port or socket that cannot be bound
+        print(f"hapair: not starting: {e}", file=sys.stderr)
+        return 1
+    reactor.callWhenRunning(daemon.top.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", daemon.top.stopService)
+
+    def on_hup(signum: int, frame: object) -> None:
+        reactor.callFromThread(lambda: daemon.reload().addErrback(lambda f: None))
+
+    signal.signal(signal.SIGHUP, on_hup)
+    log.info("hapair node {name} running (pid {pid})", name=config.node.name, pid=os.getpid())
+    reactor.run()
+    return 0

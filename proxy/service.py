@@ -1,0 +1,197 @@
+"""The proxy as a Twisted service: pools, listeners, health monitors and the idle sweep, built from the
+cluster configuration and reloaded as a diff.
+
+Reload keeps whatever did not change: a virtual service whose address and ports stay keeps its listening
+sockets (and so its clients' connections), its persistence table, its counters and its servers' health.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+
+from hapair.config import AdminState, ClusterConfig, VirtualService
+from proxy.listener import ServiceFactory, listen
+from proxy.monitor import HealthMonitor
+from proxy.pool import Pool
+from proxy.relay import Session
+
+log = Logger(namespace="hapair.proxy")
+
+#: The idle sweep runs this often relative to the shortest timeout: a session closes between 1x and
+#: 1.25x its idle timeout, without a timer per connection.
+SWEEP_FRACTION = 0.25
+SWEEP_MIN, SWEEP_MAX = 0.05, 5.0
+
+
+class ProxyRuntime:
+    """What sessions share: the reactor and the set of live sessions."""
+
+    def __init__(self, reactor: Any):
+        self.reactor = reactor
+        self.sessions: set[Session] = set()
+
+    @property
+    def now(self) -> float:
+        return self.reactor.seconds()
+
+
+class UnknownServer(KeyError):
+    pass
+
+
+class ProxyService(service.Service):
+    def __init__(self, cluster: ClusterConfig, reactor: Any = None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.runtime = ProxyRuntime(reactor)
+        self.cluster = cluster
+        self.pools: dict[str, Pool] = {}
+        self.monitors: dict[str, HealthMonitor] = {}
+        self.ports: dict[str, dict[int, IListeningPort]] = {}
+        self._sweeper = task.LoopingCall(self.sweep)
+        self._sweeper.clock = reactor
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        # Bind every listener before anything else starts: a port that cannot be bound fails the start.
+        for vs in self.cluster.virtual_services:
+            self._add(vs)
+
+    def startService(self) -> None:
+        if not self.pools and self.cluster.virtual_services:
+            self.privilegedStartService()
+        super().startService()
+        for monitor in self.monitors.values():
+            monitor.start()
+        self._start_sweeper()
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        if self._sweeper.running:
+            self._sweeper.stop()
+        stopped = [self._remove(label) for label in list(self.pools)]
+        for session in list(self.runtime.sessions):
+            session.abort("proxy stopping")
+        return defer.gatherResults(stopped)
+
+    def _start_sweeper(self) -> None:
+        if self._sweeper.running:
+            self._sweeper.stop()
+        shortest = min(
+            (min(vs.timeouts.client, vs.timeouts.server) for vs in self.cluster.virtual_services), default=60.0
+        )
+        self._sweeper.start(min(SWEEP_MAX, max(SWEEP_MIN, shortest * SWEEP_FRACTION)), now=False)
+
+    def _add(self, vs: VirtualService) -> None:
+        pool = Pool(vs, self.reactor)
+        ports: dict[int, IListeningPort] = {}
+        try:
+            for port in vs.ports:
+                ports[port] = listen(self.reactor, str(vs.ip), port, ServiceFactory(self.runtime, pool, str(vs.ip), port))
+        except Exception:
+            for p in ports.values():
+                p.stopListening()
+            raise
+        self.pools[vs.label] = pool
+        self.ports[vs.label] = ports
+        self.monitors[vs.label] = HealthMonitor(self.reactor, pool, self._server_down)
+        log.info("{vs} listening on {ip} ports {ports}", vs=vs.label, ip=vs.ip, ports=",".join(map(str, vs.ports)))
+
+    def _remove(self, label: str) -> defer.Deferred:
+        self.monitors.pop(label).stop()
+        self.pools.pop(label)
+        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports.pop(label).values()])
+
+    # --- reload -------------------------------------------------------------------------------------
+
+    def apply(self, cluster: ClusterConfig) -> defer.Deferred:
+        """Moves to a new cluster configuration, touching only what changed. Fires when removed
+        listeners are closed; raises (changing nothing) when a new listener cannot be bound."""
+        new = {vs.label: vs for vs in cluster.virtual_services}
+        old = {vs.label: vs for vs in self.cluster.virtual_services}
+        rebind = [label for label in new.keys() & old.keys() if (new[label].ip, new[label].ports) != (old[label].ip, old[label].ports)]
+        closing = [self._remove(label) for label in (old.keys() - new.keys()) | set(rebind)]
+        d = defer.gatherResults(closing)
+
+        def bind_new(_: object) -> None:
+            for label, vs in new.items():
+                if label not in self.pools:
+                    self._add(vs)
+                    if self.running:
+                        self.monitors[label].start()
+                elif vs != self.pools[label].service:
+                    restart = vs.health_check != old[label].health_check or vs.real_servers != old[label].real_servers
+                    self.pools[label].update(vs)
+                    if restart and self.running:
+                        self.monitors[label].restart()
+            self.cluster = cluster
+            if self.running:
+                self._start_sweeper()
+
+        return d.addCallback(bind_new)
+
+    # --- operator actions ---------------------------------------------------------------------------
+
+    def set_admin_state(
+        self, server: str, state: AdminState, vs: str | None = None, clear_persistence: bool = False
+    ) -> list[tuple[str, str]]:
+        """Drain, halt or bring online a real server, in one virtual service or in every one that has it.
+        Returns the (service, server) pairs changed; raises UnknownServer when there are none."""
+        changed = []
+        for label, pool in self.pools.items():
+            if (vs is None or vs == label) and server in pool.servers:
+                pool.set_admin_state(server, state, clear_persistence)
+                changed.append((label, server))
+                log.info("{vs}/{server} set to {state}", vs=label, server=server, state=state.value)
+        if not changed:
+            where = f"virtual service {vs!r}" if vs else "any virtual service"
+            raise UnknownServer(f"no real server {server!r} in {where}")
+        return changed
+
+    def _server_down(self, pool: Pool, label: str) -> None:
+        if not pool.service.health_check.shutdown_sessions:
+            return
+        for session in [s for s in self.runtime.sessions if s.pool is pool and s.server_state.label == label]:
+            session.abort("real server down")
+
+    def sweep(self) -> None:
+        now = self.runtime.now
+        expired = []
+        for session in self.runtime.sessions:
+            reason = session.idle_reason(now)
+            if reason is not None:
+                expired.append((session, reason))
+        for session, reason in expired:
+            session.expire(reason)
+        for pool in self.pools.values():
+            if pool.persistence is not None:
+                pool.persistence.purge()
+
+    # --- status -------------------------------------------------------------------------------------
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        result = []
+        for label, pool in self.pools.items():
+            vs = pool.service
+            monitor = self.monitors.get(label)
+            servers = []
+            for s in pool.servers.values():
+                check = monitor.checks.get(s.label) if monitor else None
+                servers.append(dict(
+                    label=s.label, ip=str(s.config.ip), port=s.config.port, weight=s.weight,
+                    admin=s.admin.value, health="up" if s.up else "down",
+                    last_check_error=check.last_error if check else None, **s.counters.as_dict(),
+                ))  # fmt: skip
+            result.append(dict(
+                label=label, ip=str(vs.ip), ports=list(vs.ports), balance=vs.balance.value,
+                persistence_entries=len(pool.persistence) if pool.persistence is not None else None,
+                servers=servers, **pool.counters.as_dict(),
+            ))  # fmt: skip
+        return result

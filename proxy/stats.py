@@ -1,0 +1,21 @@
+"""Counters per virtual service and per real server, kept for `hapair status`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Counters:
+    current: int = 0
+    total: int = 0
+    #: Bytes from clients to servers, and back.
+    bytes_in: int = 0
+    bytes_out: int = 0
+    #: Clients turned away: source not allowed, no server, maxconn (service); connect failures (server).
+    refused: int = 0
+    failed: int = 0
+    health_changes: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)

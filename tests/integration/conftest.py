@@ -1,0 +1,122 @@
+"""Integration fixtures: the namespace lab with real servers, and hapair daemons running for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import pytest
+
+from hapair import lab as labmod
+
+USERS = {"alice": "wonderland", "bob": "builder"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def lab():
+    if os.geteuid() != 0:
+        pytest.skip("integration tests need root: they build network namespaces")
+    with labmod.Lab() as lab:
+        for host, label in (("cas1", "CAS1"), ("cas2", "CAS2")):
+            lab.start_nginx(host, label)
+            lab.start_dovecot(host, USERS)
+            lab.start_standin(host, label, [135, 60200, 60201])
+        lab.maildirs = {host: lab.start_smtp(host)[1] for host in ("cas1", "cas2")}
+        yield lab
+
+
+class Node:
+    """A hapair daemon in a lab host, with the operator's CLI and its log."""
+
+    def __init__(self, lab: labmod.Lab, host: str, config_text: str):
+        self.lab, self.host = lab, host
+        self.proc, self.config = lab.start_node(host, config_text)
+
+    def log(self) -> str:
+        return self.proc.output()
+
+    def wait_log(self, pattern: str, timeout: float = 10.0, after: int = 0) -> re.Match:
+        """Waits (bounded) for `pattern` in the log past offset `after`; returns the match."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.log()[after:])
+            if m:
+                return m
+            assert self.proc.alive(), f"daemon exited:\n{self.log()[-3000:]}"
+            time.sleep(0.02)
+        raise AssertionError(f"{pattern!r} not logged within {timeout}s:\n{self.log()[-3000:]}")
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hapair", "--config", self.config, *args],
+                              capture_output=True, text=True, timeout=30)  # fmt: skip
+
+    def status(self) -> dict:
+        result = self.cli("--json", "status")
+        assert result.returncode in (0, 3), result.stderr
+        return json.loads(result.stdout)
+
+    def service(self, label: str) -> dict:
+        return next(vs for vs in self.status()["virtual_services"] if vs["label"] == label)
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+@pytest.fixture
+def client(lab) -> Callable:
+    """client(fn, *args): runs fn inside the client host."""
+    return lambda fn, *args, **kw: lab.call("client", fn, *args, **kw)
+
+
+def connect(ip: str, port: int, source: str | None = None, timeout: float = 5.0) -> socket.socket:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    if source:
+        s.bind((source, 0))
+    s.connect((ip, port))
+    return s
+
+
+def read_line(s: socket.socket) -> str:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = s.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode()
+
+
+def read_all(s: socket.socket) -> bytes:
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def greeting(ip: str, port: int, source: str | None = None) -> str:
+    """The stand-in's first line through the proxy: `LABEL PORT`."""
+    s = connect(ip, port, source)
+    try:
+        return read_line(s).strip()
+    finally:
+        s.close()
