@@ -73,12 +73,17 @@ def _check_config(path: str, as_json: bool) -> int:
 
 
 def _socket_path(args: argparse.Namespace) -> str:
+    """--socket, else node.control_socket of --config. A file with errors elsewhere still names its
+    socket: `hapair reload` on a broken file must reach the daemon and get its refusal."""
     if args.socket:
         return args.socket
     try:
         return configfile.load(args.config).node.control_socket
     except configfile.ConfigError as e:
-        raise SystemExit(f"hapair: cannot find the control socket: {e}\n(give --socket PATH or --config FILE)")
+        path = configfile.control_socket_of(args.config)
+        if path is None:
+            raise SystemExit(f"hapair: cannot find the control socket: {e}\n(give --socket PATH or --config FILE)")
+        return path
 
 
 def _remote(args: argparse.Namespace) -> int:

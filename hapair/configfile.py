@@ -461,6 +461,20 @@ def load(path: str) -> Config:
     return parse(text, path)
 
 
+def control_socket_of(path: str) -> str | None:
+    """The control socket a file names, read leniently: the rest of the file may have errors."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+        node = doc.get("node") if isinstance(doc, dict) else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(node, dict):
+        return None
+    value = node.get("control_socket", NodeConfig.control_socket)
+    return value if isinstance(value, str) and value else None
+
+
 def default_text(name: str = "default.yaml") -> str:
     """The embedded configuration: the guide's Option 1 (`default.yaml`) or an example under `examples/`."""
     return resources.files("hapair").joinpath(name).read_text(encoding="utf-8")

@@ -178,6 +178,10 @@ class Lab:
 
     def spawn(self, host: str, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Proc:
         log = os.path.join(self.dir, f"{name}.log")
+        n = 1
+        while os.path.exists(log):  # one log per process, even when a name is started again
+            n += 1
+            log = os.path.join(self.dir, f"{name}.{n}.log")
         out = open(log, "ab")
         popen = subprocess.Popen(
             ["ip", "netns", "exec", self.ns(host), *argv],

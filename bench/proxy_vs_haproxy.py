@@ -1,0 +1,737 @@
+#!/usr/bin/env python3
+"""hapair against HAProxy: the same loopback workloads through each, side by side in one run.
+
+What it measures, each workload once through the hapair daemon and once through Debian's haproxy
+(mode tcp, balance roundrobin), with the same parameters:
+
+  bulk 1 stream   iperf3 -c ... -t D -J            Gbit/s received, proxy CPU ms per Gbit
+  bulk 8 streams  iperf3 -c ... -t D -P 8 -J       the same
+  keep-alive      wrk -t1 -c50 -dD --latency       req/s, p50, p99, proxy CPU us per request
+  new conns       the same with Connection: close  req/s, p50, p99, proxy CPU us per connection
+  idle memory     5,000 idle connections held      proxy RSS growth in KiB per connection
+
+How:
+  * Everything stays on 127.0.0.1, ports 18101-18203. Nothing is sent anywhere else.
+  * The proxy under test runs on CPU 0 (`taskset -c 0`); the backends (iperf3 server, nginx with a
+    1 KiB body, a Python asyncio server that holds connections) and the load generators (iperf3
+    client, wrk, the idle-connection client) run on CPU 1.
+  * hapair runs as the real daemon (`python3 -m hapair --config FILE run`), one virtual service per
+    workload port with source-IP persistence and a connect health check every 2 s. haproxy runs in the
+    foreground (`-db`), one `listen` per workload with one server, checked every 2 s as well. Both
+    proxies run for the whole benchmark; each workload goes through hapair, then through haproxy.
+  * Proxy CPU is utime+stime from /proc/PID/stat, read before and after each run; memory is VmRSS from
+    /proc/PID/status. The idle-memory test runs first, on freshly started proxies, so that memory
+    freed by the other workloads cannot hide the cost of new connections.
+  * hapair logs one line per session (its design); haproxy is configured without logging.
+
+Run, as root, from the repository (`bash tools/install-deps` installs haproxy, iperf3, wrk, nginx):
+
+    python3 bench/proxy_vs_haproxy.py [--duration N] [--quick] [--keep]
+
+--duration is the length of each timed workload in seconds (default 8: about 2.5 minutes in all);
+--quick is a one-minute smoke run (2 s workloads); --keep leaves the temporary directory (configs and
+logs of every process) in place. The table goes to stdout and to bench/results/proxy-<timestamp>.txt.
+Every process the script starts is tracked by PID and stopped in a `finally`, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+HOST = "127.0.0.1"
+PROXY_CPU, LOAD_CPU = "0", "1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+WORKLOADS = ("bulk1", "bulk8", "keepalive", "newconn", "idle")
+HAPAIR_PORTS = {w: 18101 + i for i, w in enumerate(WORKLOADS)}
+HAPROXY_PORTS = {w: 18111 + i for i, w in enumerate(WORKLOADS)}
+IPERF_PORT, NGINX_PORT, HOLDER_PORT = 18201, 18202, 18203
+BACKEND_PORTS = {"bulk1": IPERF_PORT, "bulk8": IPERF_PORT, "keepalive": NGINX_PORT, "newconn": NGINX_PORT,
+                 "idle": HOLDER_PORT}  # fmt: skip
+
+IDLE_CONNECTIONS = 5000
+SETTLE = 1.0  # seconds of quiet between two runs
+
+#: (workload, metric, which way is better, number format), in the order the table prints them.
+FIGURES = [
+    ("bulk 1 stream", "throughput Gbit/s", "higher", "{:.2f}"),
+    ("bulk 1 stream", "proxy CPU ms per Gbit", "lower", "{:.1f}"),
+    ("bulk 1 stream", "proxy CPU busy %", "info", "{:.0f}"),
+    ("bulk 8 streams", "throughput Gbit/s", "higher", "{:.2f}"),
+    ("bulk 8 streams", "proxy CPU ms per Gbit", "lower", "{:.1f}"),
+    ("bulk 8 streams", "proxy CPU busy %", "info", "{:.0f}"),
+    ("keep-alive", "requests/s", "higher", "{:.0f}"),
+    ("keep-alive", "latency p50 ms", "lower", "{:.3f}"),
+    ("keep-alive", "latency p99 ms", "lower", "{:.3f}"),
+    ("keep-alive", "proxy CPU us per request", "lower", "{:.1f}"),
+    ("keep-alive", "proxy CPU busy %", "info", "{:.0f}"),
+    ("new connections", "connections/s", "higher", "{:.0f}"),
+    ("new connections", "latency p50 ms", "lower", "{:.3f}"),
+    ("new connections", "latency p99 ms", "lower", "{:.3f}"),
+    ("new connections", "proxy CPU us per connection", "lower", "{:.1f}"),
+    ("new connections", "proxy CPU busy %", "info", "{:.0f}"),
+    ("idle memory", "KiB per idle connection", "lower", "{:.2f}"),
+]
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+class Interrupted(BaseException):
+    """SIGTERM, turned into an exception so that the `finally` cleanup runs as it does on Ctrl-C."""
+
+
+# --- processes ----------------------------------------------------------------------------------------
+
+
+def raise_nofile() -> None:
+    """RLIMIT_NOFILE soft = hard (20000 here): every child inherits it."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it if this script dies without cleaning up (PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+class Processes:
+    """Everything the benchmark starts, each in its own session and process group, stopped by PID."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.procs: list[Proc] = []
+
+    def start(self, name: str, argv: list[str], cpu: str, pipes: bool = False) -> Proc:
+        log = self.workdir / f"{name}.log"
+        with open(log, "ab") as out:
+            popen = subprocess.Popen(
+                ["taskset", "-c", cpu, *argv], cwd=REPO, start_new_session=True, preexec_fn=_die_with_parent,
+                stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if pipes else out, stderr=out, text=pipes,
+            )  # fmt: skip
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: Proc, timeout: float = 5.0) -> None:
+        if proc.alive():
+            proc.popen.send_signal(signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait(timeout)
+        try:  # what the leader left behind in its group (nginx's worker)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for stream in (proc.popen.stdin, proc.popen.stdout):
+            if stream is not None:
+                stream.close()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.procs)):
+            self.stop(proc)
+
+
+def read_line(proc: Proc, timeout: float) -> str:
+    """One line from a piped child's stdout, waiting at most `timeout` seconds."""
+    ready, _, _ = select.select([proc.popen.stdout], [], [], timeout)
+    if not ready:
+        raise BenchError(f"{proc.name}: no answer within {timeout:g}s")
+    line = proc.popen.stdout.readline()
+    if not line:
+        raise BenchError(f"{proc.name} exited ({proc.popen.poll()}): {proc.output()[-500:]}")
+    return line.strip()
+
+
+def wait_until(what: str, ready: Callable[[], bool], timeout: float, proc: Proc | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if proc is not None and not proc.alive():
+            raise BenchError(f"{proc.name} exited ({proc.popen.returncode}) waiting for {what}:\n{proc.output()[-2000:]}")
+        time.sleep(0.1)
+    raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+# --- what the kernel says -----------------------------------------------------------------------------
+
+
+def tcp_sockets(state: str) -> list[tuple[int, int]]:
+    """(local port, remote port) of the IPv4 sockets in `state` (hex code: 0A listen, 01 established)."""
+    result = []
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            if parts[3] == state:
+                result.append((int(parts[1].split(":")[1], 16), int(parts[2].split(":")[1], 16)))
+    return result
+
+
+def listening(port: int) -> bool:
+    return any(local == port for local, _ in tcp_sockets("0A"))
+
+
+def established_to(port: int) -> int:
+    """Established connections whose remote end is `port`: a proxy's connections to that backend."""
+    return sum(1 for _, remote in tcp_sockets("01") if remote == port)
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()  # fields from the 3rd (state) on
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime: the 14th and 15th
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+# --- backends -----------------------------------------------------------------------------------------
+
+
+def start_iperf_server(procs: Processes) -> Proc:
+    proc = procs.start("iperf3-server", ["iperf3", "-s", "-B", HOST, "-p", str(IPERF_PORT)], LOAD_CPU)
+    wait_until(f"iperf3 on {IPERF_PORT}", lambda: listening(IPERF_PORT), 10, proc)
+    return proc
+
+
+def start_nginx(procs: Processes, workdir: Path) -> Proc:
+    base = workdir / "nginx"
+    (base / "tmp").mkdir(parents=True)
+    body = "x" * 1024
+    conf = base / "nginx.conf"
+    conf.write_text(textwrap.dedent(f"""\
+        daemon off;
+        worker_processes 1;
+        pid {base}/nginx.pid;
+        error_log {base}/error.log;
+        events {{ worker_connections 8192; }}
+        http {{
+            access_log off;
+            client_body_temp_path {base}/tmp/body;
+            proxy_temp_path {base}/tmp/proxy;
+            fastcgi_temp_path {base}/tmp/fastcgi;
+            uwsgi_temp_path {base}/tmp/uwsgi;
+            scgi_temp_path {base}/tmp/scgi;
+            keepalive_requests 10000000;
+            keepalive_timeout 300s;
+            server {{
+                listen {HOST}:{NGINX_PORT};
+                location = / {{ default_type text/plain; return 200 "{body}"; }}
+            }}
+        }}
+    """))
+    proc = procs.start("nginx", ["nginx", "-p", str(base), "-c", str(conf), "-e", f"{base}/error.log"], LOAD_CPU)
+    wait_until(f"nginx on {NGINX_PORT}", lambda: listening(NGINX_PORT), 10, proc)
+    return proc
+
+
+def start_holder(procs: Processes) -> Proc:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--role", "holder", "--port", str(HOLDER_PORT)]
+    proc = procs.start("idle-holder", argv, LOAD_CPU)
+    wait_until(f"the idle holder on {HOLDER_PORT}", lambda: listening(HOLDER_PORT), 10, proc)
+    return proc
+
+
+# --- the proxies --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Proxy:
+    name: str
+    proc: Proc
+    ports: dict[str, int]
+    rss_start: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def hapair_config(workdir: Path) -> str:
+    services = []
+    for workload in WORKLOADS:
+        services.append(textwrap.dedent(f"""\
+            - label: {workload}
+              ip: {HOST}
+              ports: [{HAPAIR_PORTS[workload]}]
+              balance: weighted_round_robin
+              persistence: {{mode: source_ip, timeout: 60m}}
+              health_check: {{kind: connect, interval: 2s}}
+              timeouts: {{client: 1h, server: 1h}}
+              real_servers:
+                - {{label: backend, ip: {HOST}, port: {BACKEND_PORTS[workload]}}}
+        """))
+    return (
+        f"node:\n  name: bench\n  state_dir: {workdir}\n  control_socket: {workdir}/ctl.sock\n"
+        "cluster:\n  virtual_services:\n" + textwrap.indent("".join(services), "    ")
+    )
+
+
+def start_hapair(procs: Processes, workdir: Path) -> Proxy:
+    path = workdir / "hapair.yaml"
+    path.write_text(hapair_config(workdir))
+    proc = procs.start("hapair", [sys.executable, "-m", "hapair", "--config", str(path), "run"], PROXY_CPU)
+
+    def all_listening() -> bool:
+        out = proc.output()
+        return all(f"{w} listening" in out for w in WORKLOADS)
+
+    wait_until("hapair's '<label> listening' lines", all_listening, 30, proc)
+    return Proxy("hapair", proc, HAPAIR_PORTS)
+
+
+def haproxy_config() -> str:
+    text = textwrap.dedent("""\
+        global
+            maxconn 12000
+            nbthread 1
+
+        defaults
+            mode tcp
+            timeout connect 4s
+            timeout client 1h
+            timeout server 1h
+        """)
+    for workload in WORKLOADS:
+        text += textwrap.dedent(f"""
+            listen {workload}
+                bind {HOST}:{HAPROXY_PORTS[workload]}
+                balance roundrobin
+                server backend {HOST}:{BACKEND_PORTS[workload]} check inter 2s
+            """)
+    return text
+
+
+def start_haproxy(procs: Processes, workdir: Path) -> Proxy:
+    path = workdir / "haproxy.cfg"
+    path.write_text(haproxy_config())
+    proc = procs.start("haproxy", ["haproxy", "-db", "-f", str(path)], PROXY_CPU)
+    wait_until("haproxy's listeners", lambda: all(listening(p) for p in HAPROXY_PORTS.values()), 15, proc)
+    return Proxy("haproxy", proc, HAPROXY_PORTS)
+
+
+# --- workloads ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    value: object
+    cpu: float  # proxy CPU seconds
+    wall: float
+
+
+def measure(proxy: Proxy, run: Callable[[], object]) -> Measured:
+    if not proxy.proc.alive():
+        raise BenchError(f"{proxy.name} is not running (exit {proxy.proc.popen.returncode})")
+    cpu0, t0 = cpu_seconds(proxy.pid), time.monotonic()
+    value = run()
+    cpu1, t1 = cpu_seconds(proxy.pid), time.monotonic()
+    return Measured(value, cpu1 - cpu0, t1 - t0)
+
+
+def run_load(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(["taskset", "-c", LOAD_CPU, *argv], capture_output=True, text=True, timeout=timeout)
+
+
+def iperf(port: int, streams: int, duration: int) -> dict:
+    argv = ["iperf3", "-c", HOST, "-p", str(port), "-t", str(duration), "-P", str(streams), "-J",
+            "--connect-timeout", "5000"]  # fmt: skip
+    result = run_load(argv, duration + 30)
+    try:
+        report = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise BenchError(f"iperf3 exit {result.returncode}: {(result.stdout + result.stderr)[-500:]}")
+    if "error" in report:
+        raise BenchError(f"iperf3: {report['error']}")
+    received = report["end"]["sum_received"]
+    return {"gbps": received["bits_per_second"] / 1e9, "gbit": received["bytes"] * 8 / 1e9}
+
+
+def bulk(proxy: Proxy, workload: str, streams: int, duration: int) -> dict[str, float]:
+    m = measure(proxy, lambda: iperf(proxy.ports[workload], streams, duration))
+    return {
+        "throughput Gbit/s": m.value["gbps"],
+        "proxy CPU ms per Gbit": m.cpu * 1000 / m.value["gbit"] if m.value["gbit"] else float("nan"),
+        "proxy CPU busy %": 100 * m.cpu / m.wall,
+    }
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text).groups()
+    return float(number) * _UNITS[unit]
+
+
+def wrk(port: int, duration: int, close: bool) -> dict:
+    argv = ["wrk", "-t1", "-c50", f"-d{duration}s", "--timeout", "5s", "--latency"]
+    if close:
+        argv += ["-H", "Connection: close"]
+    result = run_load([*argv, f"http://{HOST}:{port}/"], duration + 30)
+    out = result.stdout
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    if result.returncode != 0 or not rate or not total:
+        raise BenchError(f"wrk exit {result.returncode}: {(out + result.stderr)[-500:]}")
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    errors = re.search(r"Socket errors: (.*)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rate": float(rate.group(1)), "requests": int(total.group(1)),
+        "p50": _ms(latency["50"]), "p99": _ms(latency["99"]),
+        "errors": ", ".join(filter(None, [errors and f"socket errors: {errors.group(1)}",
+                                          non2xx and f"non-2xx responses: {non2xx.group(1)}"])),
+    }  # fmt: skip
+
+
+def http(proxy: Proxy, workload: str, duration: int, close: bool) -> dict[str, float]:
+    m = measure(proxy, lambda: wrk(proxy.ports[workload], duration, close))
+    r = m.value
+    if r["errors"]:
+        proxy.notes.append(f"{workload}: wrk reported {r['errors']}")
+    per = "connection" if close else "request"
+    return {
+        "connections/s" if close else "requests/s": r["rate"],
+        "latency p50 ms": r["p50"],
+        "latency p99 ms": r["p99"],
+        f"proxy CPU us per {per}": m.cpu * 1e6 / r["requests"] if r["requests"] else float("nan"),
+        "proxy CPU busy %": 100 * m.cpu / m.wall,
+    }
+
+
+def idle(procs: Processes, proxy: Proxy, count: int) -> dict[str, float]:
+    """Opens `count` connections through the proxy, waits until the proxy holds them all (its own
+    connections to the holder established), and divides its RSS growth by `count`."""
+    if not proxy.proc.alive():
+        raise BenchError(f"{proxy.name} is not running (exit {proxy.proc.popen.returncode})")
+    wait_until("no leftover connections to the idle holder", lambda: established_to(HOLDER_PORT) == 0, 30)
+    before = rss_kib(proxy.pid)
+    argv = [sys.executable, str(Path(__file__).resolve()), "--role", "client",
+            "--port", str(proxy.ports["idle"]), "--count", str(count)]  # fmt: skip
+    client = procs.start(f"idle-client-{proxy.name}", argv, LOAD_CPU, pipes=True)
+    try:
+        t0 = time.monotonic()
+        answer = read_line(client, 90)
+        opened = int(answer.split()[1])
+        if opened < count:
+            proxy.notes.append(f"idle: the client opened only {opened} of {count} connections ({answer})")
+        wait_until(f"{proxy.name} to hold {opened} connections to the idle holder",
+                   lambda: established_to(HOLDER_PORT) >= opened, 60, proxy.proc)  # fmt: skip
+        held_after = time.monotonic() - t0
+        time.sleep(1.0)  # let the allocator settle
+        during = rss_kib(proxy.pid)
+        client.popen.stdin.write("close\n")
+        client.popen.stdin.flush()
+        read_line(client, 30)
+        t1 = time.monotonic()
+        wait_until(f"{proxy.name} to close its connections to the idle holder",
+                   lambda: established_to(HOLDER_PORT) == 0, 60, proxy.proc)  # fmt: skip
+        closed_after = time.monotonic() - t1
+    finally:
+        procs.stop(client)
+    time.sleep(1.0)
+    after = rss_kib(proxy.pid)
+    proxy.notes.append(
+        f"idle: RSS {before / 1024:.1f} MiB before, {during / 1024:.1f} MiB holding {opened}, "
+        f"{after / 1024:.1f} MiB after closing; all held {held_after:.1f}s after the first connect, "
+        f"all closed {closed_after:.1f}s after the client closed"
+    )
+    return {"KiB per idle connection": (during - before) / opened}
+
+
+# --- the run ------------------------------------------------------------------------------------------
+
+
+def machine_header(args: argparse.Namespace, idle_count: int) -> list[str]:
+    def first_line(argv: list[str]) -> str:
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            return (r.stdout or r.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            return "?"
+
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return [
+        f"hapair vs HAProxy, loopback, {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"machine: {os.cpu_count()} CPUs ({model}), kernel {platform.release()}, "
+        f"RLIMIT_NOFILE {resource.getrlimit(resource.RLIMIT_NOFILE)[1]}",
+        f"haproxy: {first_line(['haproxy', '-v'])}",
+        f"python: {platform.python_version()}; {first_line(['iperf3', '--version'])}; {first_line(['wrk', '-v'])}; "
+        f"{first_line(['nginx', '-v'])}",
+        f"parameters: {args.duration}s per timed workload, {idle_count} idle connections; proxy on CPU {PROXY_CPU}, "
+        f"backends and load generators on CPU {LOAD_CPU}",
+    ]
+
+
+def table(results: dict[str, dict[tuple[str, str], float]]) -> list[str]:
+    head = ("workload", "metric", "hapair", "haproxy", "hapair/haproxy", "better")
+    rows = []
+    for workload, metric, better, fmt in FIGURES:
+        a, b = results["hapair"].get((workload, metric)), results["haproxy"].get((workload, metric))
+        ratio = "n/a" if a is None or b is None or b == 0 else f"{a / b:.2f}"
+        note = {"higher": "higher is better", "lower": "lower is better", "info": "(information)"}[better]
+        rows.append((workload, metric, "error" if a is None else fmt.format(a), "error" if b is None else fmt.format(b),
+                     ratio, note))  # fmt: skip
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+
+    def line(row: tuple) -> str:
+        cells = [str(c).ljust(w) if i < 2 or i == 5 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        return " | ".join(cells).rstrip()
+
+    return [line(head), "-+-".join("-" * w for w in widths), *[line(r) for r in rows]]
+
+
+def hapair_findings(hapair: Proxy, workdir: Path) -> list[str]:
+    """What hapair's own log and status say: errors, warnings, how sessions ended, sessions left open."""
+    text = hapair.proc.output()
+    lines = text.splitlines()
+    findings = []
+    bad = [l for l in lines if re.search(r"#(error|critical|warn)\]|Traceback|Unhandled", l)]
+    findings.append(f"hapair log: {len(lines)} lines, {len(bad)} warning/error lines")
+    findings += [f"  {l[:200]}" for l in bad[:10]]
+    reasons: dict[str, int] = {}
+    for l in lines:
+        m = re.search(r" in=\d+ out=\d+ [\d.]+s (.*)$", l)
+        if m:
+            reasons[m.group(1)] = reasons.get(m.group(1), 0) + 1
+    if reasons:
+        findings.append("hapair sessions ended: " + ", ".join(f"{n} {r}" for r, n in
+                                                                sorted(reasons.items(), key=lambda kv: -kv[1])[:6]))
+    if hapair.proc.alive():
+        r = subprocess.run([sys.executable, "-m", "hapair", "--socket", str(workdir / "ctl.sock"), "--json", "status"],
+                           cwd=REPO, capture_output=True, text=True, timeout=20)  # fmt: skip
+        try:
+            status = json.loads(r.stdout)
+            open_now = {vs["label"]: vs["current"] for vs in status["virtual_services"] if vs["current"]}
+            down = [f"{vs['label']}/{s['label']}" for vs in status["virtual_services"] for s in vs["servers"]
+                    if s["health"] != "up"]  # fmt: skip
+            findings.append(f"hapair status at the end: sessions still open {open_now or 'none'}, "
+                            f"servers down {down or 'none'} (exit {r.returncode})")  # fmt: skip
+        except (json.JSONDecodeError, KeyError):
+            findings.append(f"hapair status failed (exit {r.returncode}): {(r.stdout + r.stderr)[-300:]}")
+    else:
+        findings.append(f"hapair EXITED with status {hapair.proc.popen.returncode}; log tail:")
+        findings += [f"  {l}" for l in lines[-20:]]
+    return findings
+
+
+def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
+    procs = Processes(workdir)
+    started = time.monotonic()
+    try:
+        start_iperf_server(procs)
+        start_nginx(procs, workdir)
+        start_holder(procs)
+        proxies = [start_hapair(procs, workdir), start_haproxy(procs, workdir)]
+        time.sleep(2.5)  # the first health checks
+        for proxy in proxies:
+            proxy.rss_start = rss_kib(proxy.pid)
+        d = args.duration
+        plan = [  # idle first: on fresh proxies (see the docstring)
+            ("idle memory", lambda p: idle(procs, p, args.connections)),
+            ("bulk 1 stream", lambda p: bulk(p, "bulk1", 1, d)),
+            ("bulk 8 streams", lambda p: bulk(p, "bulk8", 8, d)),
+            ("keep-alive", lambda p: http(p, "keepalive", d, close=False)),
+            ("new connections", lambda p: http(p, "newconn", d, close=True)),
+        ]
+        results: dict[str, dict[tuple[str, str], float]] = {p.name: {} for p in proxies}
+        for workload, run in plan:
+            for proxy in proxies:
+                print(f"  {workload} through {proxy.name} ...", file=sys.stderr, flush=True)
+                try:
+                    for metric, value in run(proxy).items():
+                        results[proxy.name][workload, metric] = value
+                except (BenchError, subprocess.TimeoutExpired, OSError) as e:
+                    proxy.notes.append(f"{workload}: FAILED: {e}")
+                    print(f"    failed: {e}", file=sys.stderr, flush=True)
+                time.sleep(SETTLE)
+        notes = []
+        for proxy in proxies:
+            if proxy.proc.alive():
+                notes.append(f"{proxy.name}: RSS {proxy.rss_start / 1024:.1f} MiB at start, "
+                             f"{rss_kib(proxy.pid) / 1024:.1f} MiB at the end")  # fmt: skip
+            notes += [f"{proxy.name}: {n}" for n in proxy.notes]
+        notes += hapair_findings(proxies[0], workdir)
+        if not proxies[1].proc.alive():
+            notes.append(f"haproxy EXITED with status {proxies[1].proc.popen.returncode}")
+        haproxy_warnings = [l for l in proxies[1].proc.output().splitlines() if "WARNING" in l or "ALERT" in l]
+        notes += [f"haproxy log: {l[:200]}" for l in haproxy_warnings[:5]]
+        notes.append(f"total run time {time.monotonic() - started:.0f}s")
+        return [*machine_header(args, args.connections), "", *table(results), "", "notes:",
+                *[f"  {n}" for n in notes]]  # fmt: skip
+    finally:
+        procs.stop_all()
+
+
+# --- the helper roles (this script run again, pinned to the load CPU) --------------------------------
+
+
+def role_holder(port: int) -> None:
+    """The idle backend: accepts connections and holds them until the other side closes."""
+    raise_nofile()
+
+    class Hold(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            pass
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Hold, HOST, port, backlog=4096)
+        async with server:
+            await asyncio.sleep(3600)  # bounded: the benchmark stops it long before
+
+    asyncio.run(serve())
+
+
+def role_client(port: int, count: int) -> None:
+    """Opens `count` connections to the proxy, says how many, closes them all when told (or on EOF)."""
+    raise_nofile()
+    socks, failures = [], 0
+    deadline = time.monotonic() + 60
+    while len(socks) < count and time.monotonic() < deadline and failures < 1000:
+        try:
+            socks.append(socket.create_connection((HOST, port), timeout=5))
+        except OSError:
+            failures += 1
+            time.sleep(0.01)
+    print(f"connected {len(socks)} failures {failures}", flush=True)
+    ready, _, _ = select.select([sys.stdin], [], [], 600)
+    if ready:
+        sys.stdin.readline()
+    for s in socks:
+        s.close()
+    print("closed", flush=True)
+
+
+# --- main ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=int, default=8, help="seconds per timed workload (default 8)")
+    p.add_argument("--quick", action="store_true", help="a one-minute smoke run: 2 s per workload")
+    p.add_argument("--connections", type=int, default=IDLE_CONNECTIONS, help=argparse.SUPPRESS)
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory with configs and logs")
+    p.add_argument("--role", choices=("holder", "client"), help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.duration = 2
+    if not 1 <= args.duration <= 120:
+        p.error("--duration runs from 1 to 120 seconds")
+    if not 1 <= args.connections <= 9000:
+        p.error("--connections runs from 1 to 9000 (two descriptors each within the 20000 limit)")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    if args.role == "holder":
+        role_holder(args.port)
+        return 0
+    if args.role == "client":
+        role_client(args.port, args.count)
+        return 0
+    if os.geteuid() != 0:
+        print("run as root (the proxies need many descriptors, nginx binds as root)", file=sys.stderr)
+        return 2
+    missing = [tool for tool in ("haproxy", "iperf3", "wrk", "nginx", "taskset") if shutil.which(tool) is None]
+    if missing:
+        print(f"missing {', '.join(missing)}: run `bash tools/install-deps`", file=sys.stderr)
+        return 2
+    if (os.cpu_count() or 1) < 2:
+        print("needs two CPUs: the proxy on CPU 0, everything else on CPU 1", file=sys.stderr)
+        return 2
+    raise_nofile()
+
+    def on_term(signum: int, frame: object) -> None:
+        raise Interrupted()
+
+    signal.signal(signal.SIGTERM, on_term)
+    workdir = Path(tempfile.mkdtemp(prefix="hapair-bench-"))
+    os.chmod(workdir, 0o755)
+    try:
+        report = run_benchmark(args, workdir)
+    except (KeyboardInterrupt, Interrupted):
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        return 130
+    finally:
+        if args.keep:
+            print(f"kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    text = "\n".join(report) + "\n"
+    print(text, end="")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"proxy-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.txt"
+    out.write_text(text)
+    print(f"(written to {out.relative_to(REPO)})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
