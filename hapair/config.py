@@ -132,10 +132,66 @@ class VirtualService:
 
 
 @dataclass(frozen=True)
+class Garp:
+    """Gratuitous ARP (and IPv6 unsolicited neighbour advertisements) sent on takeover."""
+
+    count: int = 5
+    interval: float = 0.02
+    #: A second burst this long after the first, for neighbours that missed it; 0: none.
+    repeat_after: float = 3.0
+    #: Keep announcing this often while master; 0: never.
+    refresh: float = 0.0
+
+
+@dataclass(frozen=True)
+class HASettings:
+    """The pair's shared HA settings (replicated). Timers are heartbeat's: see `hapair.ha.Timers`."""
+
+    preferred_master: str | None = None
+    auto_failback: bool = False
+    interval: float = 0.2
+    warntime: float = 0.5
+    deadtime: float = 0.7
+    initdead: float = 2.0
+    port: int = 694
+    garp: Garp = field(default_factory=Garp)
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     """Everything that replicates: the same on both nodes of a pair."""
 
     virtual_services: tuple[VirtualService, ...] = ()
+    ha: HASettings | None = None
+
+    def floating_ips(self) -> tuple[IPAddress, ...]:
+        """Every address a master holds: each virtual service's IP, once, in order."""
+        return tuple(dict.fromkeys(vs.ip for vs in self.virtual_services))
+
+    def fingerprint(self) -> bytes:
+        """SHA-256 of the configuration: equal on both nodes exactly when they run the same one."""
+        import hashlib
+
+        return hashlib.sha256(repr(self).encode()).digest()
+
+
+@dataclass(frozen=True)
+class HeartbeatPath:
+    local: IPAddress
+    peer: IPAddress
+
+
+@dataclass(frozen=True)
+class NodeHA:
+    """This node's side of the pair: addresses and interfaces, which differ between the two nodes."""
+
+    peer: str
+    interface: str
+    paths: tuple[HeartbeatPath, ...]
+    key_file: str
+    ping_nodes: tuple[IPAddress, ...] = ()
+    #: Commands run in order on each transition, with HAPAIR_STATE, HAPAIR_PREVIOUS and HAPAIR_VIPS set.
+    hooks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -149,6 +205,7 @@ class NodeConfig:
     name: str
     state_dir: str = "/var/lib/hapair"
     control_socket: str = "/run/hapair/control.sock"
+    ha: NodeHA | None = None
     appliance: Mapping[str, object] = field(default_factory=dict)
 
 

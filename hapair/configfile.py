@@ -25,9 +25,13 @@ from hapair.config import (
     CheckKind,
     ClusterConfig,
     Config,
+    Garp,
+    HASettings,
     HealthCheck,
+    HeartbeatPath,
     IPAddress,
     NodeConfig,
+    NodeHA,
     Persistence,
     PersistenceMode,
     RealServer,
@@ -282,31 +286,78 @@ class _Reader:
         )
         if _BAD in (node, cluster) or self.problems:
             return None
+        if (node.ha is None) != (cluster.ha is None):
+            present, missing = ("node.ha", "cluster.ha") if node.ha is not None else ("cluster.ha", "node.ha")
+            self.problem(items.get(present.split(".")[0]), missing, f"missing: {present} is set, and a pair needs both")
+            return None
+        if node.ha is not None:
+            pair = (node.name, node.ha.peer)
+            if node.ha.peer == node.name:
+                self.problem(items["node"], "node.ha.peer", "names this node; expected the other node of the pair")
+            if cluster.ha.preferred_master not in (None, *pair):
+                self.problem(items["cluster"], "cluster.ha.preferred_master",
+                             f"{cluster.ha.preferred_master!r} is neither {pair[0]!r} nor {pair[1]!r}")  # fmt: skip
+            if self.problems:
+                return None
         return Config(node=node, cluster=cluster)
 
     def node_section(self, node: Node, path: str) -> NodeConfig:
-        allowed = ("name", "state_dir", "control_socket") + NODE_LOCAL_APPLIANCE_KEYS
+        allowed = ("name", "state_dir", "control_socket", "ha") + NODE_LOCAL_APPLIANCE_KEYS
         items = self.mapping(node, path, allowed)
         if items is None:
             return _BAD
         name = self.field(items, node, path, "name", self.label)
         state_dir = self.field(items, node, path, "state_dir", self.text, NodeConfig.state_dir)
         control = self.field(items, node, path, "control_socket", self.text, NodeConfig.control_socket)
+        ha = self.field(items, node, path, "ha", lambda n: self.node_ha(n, f"{path}.ha"), None)
         appliance = {
             key: self._constructor.construct_object(items[key], deep=True)
             for key in NODE_LOCAL_APPLIANCE_KEYS
             if key in items
         }
-        if _BAD in (name, state_dir, control):
+        if _BAD in (name, state_dir, control, ha):
             return _BAD
-        return NodeConfig(name=name, state_dir=state_dir, control_socket=control, appliance=appliance)
+        return NodeConfig(name=name, state_dir=state_dir, control_socket=control, ha=ha, appliance=appliance)
+
+    def node_ha(self, node: Node, path: str) -> NodeHA:
+        items = self.mapping(node, path, ("peer", "interface", "paths", "key_file", "ping_nodes", "hooks"))
+        if items is None:
+            return _BAD
+        values = dict(
+            peer=self.field(items, node, path, "peer", self.label),
+            interface=self.field(items, node, path, "interface", self.text),
+            paths=self.field(items, node, path, "paths", lambda n: self.heartbeat_paths(n, f"{path}.paths")),
+            key_file=self.field(items, node, path, "key_file", self.text),
+            ping_nodes=self.field(items, node, path, "ping_nodes", lambda n: tuple(self.ip(i) for i in self.sequence(n)), ()),
+            hooks=self.field(items, node, path, "hooks", lambda n: tuple(self.text(i) for i in self.sequence(n)), ()),
+        )
+        return _BAD if _BAD in values.values() else NodeHA(**values)
+
+    def heartbeat_paths(self, node: Node, path: str) -> tuple[HeartbeatPath, ...]:
+        result = []
+        for index, item in enumerate(self.sequence(node)):
+            items = self.mapping(item, f"{path}[{index}]", ("local", "peer"))
+            if items is None:
+                continue
+            local = self.field(items, item, f"{path}[{index}]", "local", self.ip)
+            peer = self.field(items, item, f"{path}[{index}]", "peer", self.ip)
+            if _BAD in (local, peer):
+                continue
+            if local.version != peer.version:
+                self.problem(item, f"{path}[{index}]", "local and peer addresses must be of one IP version")
+                continue
+            result.append(HeartbeatPath(local, peer))
+        if not result:
+            raise _Invalid("expected at least one path: {local: ADDRESS, peer: ADDRESS}")
+        return tuple(result)
 
     def cluster_section(self, node: Node, path: str) -> ClusterConfig:
-        items = self.mapping(node, path, ("virtual_services",))
+        items = self.mapping(node, path, ("virtual_services", "ha"))
         if items is None:
             return _BAD
         services = self.field(items, node, path, "virtual_services", self.sequence, [])
-        if services is _BAD:
+        ha = self.field(items, node, path, "ha", lambda n: self.ha_settings(n, f"{path}.ha"), None)
+        if _BAD in (services, ha):
             return _BAD
         result: list[VirtualService] = []
         bound: dict[tuple[IPAddress, int], str] = {}
@@ -322,7 +373,45 @@ class _Reader:
                     self.problem(item, f"{vs_path}.ports", f"{vs.ip} port {port} is already {bound[vs.ip, port]}'s")
                 bound[vs.ip, port] = vs.label
             result.append(vs)
-        return ClusterConfig(virtual_services=tuple(result))
+        return ClusterConfig(virtual_services=tuple(result), ha=ha)
+
+    def ha_settings(self, node: Node, path: str) -> HASettings:
+        allowed = ("preferred_master", "auto_failback", "interval", "warntime", "deadtime", "initdead", "port", "garp")
+        items = self.mapping(node, path, allowed)
+        if items is None:
+            return _BAD
+        d = HASettings()
+        values = dict(
+            preferred_master=self.field(items, node, path, "preferred_master", self.label, None),
+            auto_failback=self.field(items, node, path, "auto_failback", self.boolean, False),
+            interval=self.field(items, node, path, "interval", self.duration(), d.interval),
+            warntime=self.field(items, node, path, "warntime", self.duration(), d.warntime),
+            deadtime=self.field(items, node, path, "deadtime", self.duration(), d.deadtime),
+            initdead=self.field(items, node, path, "initdead", self.duration(), d.initdead),
+            port=self.field(items, node, path, "port", self.port, d.port),
+            garp=self.field(items, node, path, "garp", lambda n: self.garp(n, f"{path}.garp"), d.garp),
+        )
+        if _BAD in values.values():
+            return _BAD
+        from hapair.ha import Timers
+
+        timers = Timers(values["interval"], values["warntime"], values["deadtime"], values["initdead"])
+        for problem in timers.problems():
+            self.problem(node, f"{path}", problem)
+        return _BAD if timers.problems() else HASettings(**values)
+
+    def garp(self, node: Node, path: str) -> Garp:
+        items = self.mapping(node, path, ("count", "interval", "repeat_after", "refresh"))
+        if items is None:
+            return _BAD
+        zero_ok = self.duration(positive=False)
+        values = dict(
+            count=self.field(items, node, path, "count", self.integer(1, 100), Garp.count),
+            interval=self.field(items, node, path, "interval", zero_ok, Garp.interval),
+            repeat_after=self.field(items, node, path, "repeat_after", zero_ok, Garp.repeat_after),
+            refresh=self.field(items, node, path, "refresh", zero_ok, Garp.refresh),
+        )
+        return _BAD if _BAD in values.values() else Garp(**values)
 
     def virtual_service(self, node: Node, path: str) -> VirtualService:
         allowed = (
