@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
         if state == "drain":
             cmd.add_argument("--clear-persistence", action="store_true", help="also forget its persistent clients")
     sub.add_parser("reload", help="re-read the configuration file and apply what changed")
+    failover = sub.add_parser("failover", help="hand the VIPs to the peer (on the master)")
+    failover.add_argument("--force", action="store_true", help="even when the peer looks unhealthy or silent")
     return p
 
 
@@ -99,6 +101,8 @@ def _remote(args: argparse.Namespace) -> int:
             d = control.call(path, control.Status, reactor)
         elif args.command == "reload":
             d = control.call(path, control.Reload, reactor)
+        elif args.command == "failover":
+            d = control.call(path, control.Failover, reactor, force=args.force)
         else:
             d = control.call(
                 path, control.SetAdminState, reactor, server=args.server, state=args.command, vs=args.vip,
@@ -137,6 +141,8 @@ def _remote(args: argparse.Namespace) -> int:
         print(json.dumps({"ok": True, **answer}))
     elif args.command == "reload":
         print("reloaded: " + ", ".join(answer["result"]["virtual_services"]))
+    elif args.command == "failover":
+        print(answer["result"])
     else:
         for vs, server in answer["changed"]:
             print(f"{vs}/{server}: {args.command}")
@@ -145,6 +151,16 @@ def _remote(args: argparse.Namespace) -> int:
 
 def _degraded(status: dict) -> list[str]:
     problems = []
+    cluster = status.get("cluster")
+    if cluster is not None:
+        if not cluster["peer"]["alive"]:
+            problems.append(f"peer {cluster['peer']['node']} is not answering heartbeats")
+        if cluster["role"] == "fault":
+            problems.append(f"this node is in FAULT: {cluster['why']}")
+        if cluster["peer"]["config_in_sync"] is False:
+            problems.append("the peer runs a different configuration")
+        if any(e["ended"] is None for e in cluster["dual_masters"]):
+            problems.append("both nodes are master")
     for vs in status["virtual_services"]:
         for s in vs["servers"]:
             if s["health"] != "up":
@@ -158,6 +174,18 @@ def _status_table(status: dict, degraded: list[str]) -> str:
     lines = [f"node {status['node']} (pid {status['pid']}) - {'DEGRADED' if degraded else 'healthy'}"]
     for problem in degraded:
         lines.append(f"  ! {problem}")
+    cluster = status.get("cluster")
+    if cluster is not None:
+        peer = cluster["peer"]
+        lines.append(f"role {cluster['role'].upper()} ({cluster['why']}); peer {peer['node']} {peer['role'].upper()}"
+                     f"; config {'in sync' if peer['config_in_sync'] else 'DIFFERENT' if peer['config_in_sync'] is False else 'unknown'}")
+        ages = ", ".join(f"{p['local']}->{p['peer']} {'never' if p['last_heartbeat_age'] is None else str(round(p['last_heartbeat_age'] * 1000)) + ' ms'}"
+                         for p in cluster["paths"])  # fmt: skip
+        lines.append(f"heartbeat paths: {ages}")
+        dropped = sum(cluster["heartbeats_dropped"].values())
+        lines.append(f"VIPs held: {', '.join(cluster['vips_held']) or 'none'}; GARPs sent {cluster['garps_sent']}; "
+                     f"takeovers {cluster['takeovers']}; dropped heartbeats {dropped} "
+                     f"(bad key {cluster['heartbeats_dropped']['bad_mac']}); dual-master episodes {len(cluster['dual_masters'])}")
     head = f"{'SERVICE / SERVER':<24} {'ADDRESS':<28} {'HEALTH':<6} {'ADMIN':<6} {'WT':>3} {'CUR':>5} {'TOTAL':>7} {'FAIL':>5} {'IN':>9} {'OUT':>9}"
     lines.append(head)
     for vs in status["virtual_services"]:

@@ -42,6 +42,10 @@ class ConfigInvalidError(Exception):
     pass
 
 
+class FailoverRefusedError(Exception):
+    pass
+
+
 class Status(amp.Command):
     arguments: list = []
     response = [(b"status", JSON())]
@@ -64,8 +68,15 @@ class Reload(amp.Command):
     errors = {ConfigInvalidError: b"CONFIG_INVALID"}
 
 
+class Failover(amp.Command):
+    arguments = [(b"force", amp.Boolean())]
+    response = [(b"result", amp.Unicode())]
+    errors = {FailoverRefusedError: b"FAILOVER_REFUSED"}
+
+
 class ControlProtocol(amp.AMP):
-    """Answers commands by calling the daemon's handlers: `status()`, `set_admin_state()`, `reload()`."""
+    """Answers commands by calling the daemon's handlers: `status()`, `set_admin_state()`, `reload()`,
+    `failover()`."""
 
     def __init__(self, daemon: Any):
         super().__init__()
@@ -78,6 +89,10 @@ class ControlProtocol(amp.AMP):
     @SetAdminState.responder
     def set_admin_state(self, server: str, state: str, vs: str | None, clear_persistence: bool) -> dict:
         return {"changed": self.daemon.set_admin_state(server, state, vs, clear_persistence)}
+
+    @Failover.responder
+    def failover(self, force: bool) -> defer.Deferred:
+        return defer.maybeDeferred(self.daemon.failover, force).addCallback(lambda result: {"result": result})
 
     @Reload.responder
     def reload(self) -> defer.Deferred:

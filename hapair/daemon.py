@@ -27,9 +27,20 @@ class Daemon:
     def __init__(self, config_path: str, config: Config, reactor: Any):
         self.config_path, self.config, self.reactor = config_path, config, reactor
         self.proxy = ProxyService(config.cluster, reactor)
+        self.cluster = None
+        if config.node.ha is not None:
+            from hapair.cluster import ClusterService
+            from hapair.heartbeat import read_key
+
+            key = read_key(config.node.ha.key_file)
+            self.cluster = ClusterService(config.node, config.cluster, self.proxy, reactor, key)
         self.control = control.ControlService(config.node.control_socket, self, reactor)
+        # Started in this order, stopped in reverse: the cluster manager releases the VIPs (and tells
+        # the peer) before the proxy closes its listeners.
         self.top = service.MultiService()
         self.proxy.setServiceParent(self.top)
+        if self.cluster is not None:
+            self.cluster.setServiceParent(self.top)
         self.control.setServiceParent(self.top)
 
     # --- control commands ---------------------------------------------------------------------------
@@ -39,8 +50,20 @@ class Daemon:
             "node": self.config.node.name,
             "pid": os.getpid(),
             "config": os.path.abspath(self.config_path),
+            "cluster": self.cluster.status() if self.cluster is not None else None,
             "virtual_services": self.proxy.snapshot(),
         }
+
+    def failover(self, force: bool) -> defer.Deferred:
+        if self.cluster is None:
+            raise control.FailoverRefusedError("this node is not part of a pair (no node.ha in its configuration)")
+        from hapair.ha import FailoverRefused
+
+        def refused(f: Any) -> None:
+            f.trap(FailoverRefused)
+            raise control.FailoverRefusedError(f.getErrorMessage())
+
+        return self.cluster.failover(force).addErrback(refused)
 
     def set_admin_state(self, server: str, state: str, vs: str | None, clear_persistence: bool) -> list:
         try:
@@ -64,6 +87,8 @@ class Daemon:
 
         def applied(_: object) -> dict[str, Any]:
             self.config = Config(node=self.config.node, cluster=new.cluster)
+            if self.cluster is not None:
+                self.cluster.apply(new.cluster)
             labels = [vs.label for vs in new.cluster.virtual_services]
             log.info("reloaded {path}: {labels}", path=self.config_path, labels=", ".join(labels))
             return {"virtual_services": labels}
@@ -92,8 +117,8 @@ def run(config_path: str) -> int:
     levels.setLogLevelForNamespace("hapair", LogLevel.info)
     observer = FilteringLogObserver(textFileLogObserver(sys.stdout), [levels])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    daemon = Daemon(config_path, config, reactor)
     try:
+        daemon = Daemon(config_path, config, reactor)
         daemon.top.privilegedStartService()
     except Exception as e:  # a port or socket that cannot be bound
         print(f"hapair: not starting: {e}", file=sys.stderr)

@@ -37,6 +37,9 @@ SUBNET = "198.18.0"
 HOSTS = {"lb1": f"{SUBNET}.2", "lb2": f"{SUBNET}.3", "cas1": f"{SUBNET}.20", "cas2": f"{SUBNET}.21",
          "client": f"{SUBNET}.100"}  # fmt: skip
 VIP = f"{SUBNET}.10"
+#: The direct heartbeat cable between lb1 and lb2 (a second path that bypasses the switch).
+HB_LINK = {"lb1": "198.18.1.1", "lb2": "198.18.1.2"}
+PING_NODE = HOSTS["client"]  # the client stands in for the gateway the nodes ping
 #: Extra client addresses, so tests can be many distinct sources.
 CLIENT_EXTRA = [f"{SUBNET}.{i}" for i in range(101, 131)]
 _CLONE_NEWNET = 0x40000000
@@ -150,6 +153,12 @@ class Lab:
                 sh("ip", "-n", ns, "addr", "add", f"{HOSTS[host]}/24", "dev", "eth0")
                 sh("ip", "-n", ns, "link", "set", "eth0", "up")
                 self.macs[host] = sh("ip", "-n", ns, "-br", "link", "show", "eth0").stdout.split()[2]
+            if "lb1" in self.hosts and "lb2" in self.hosts:
+                sh("ip", "link", "add", "hb0", "netns", self.ns("lb1"), "type", "veth", "peer", "name", "hb0",
+                   "netns", self.ns("lb2"))  # fmt: skip
+                for host in ("lb1", "lb2"):
+                    sh("ip", "-n", self.ns(host), "addr", "add", f"{HB_LINK[host]}/30", "dev", "hb0")
+                    sh("ip", "-n", self.ns(host), "link", "set", "hb0", "up")
             if "client" in self.hosts:
                 for address in CLIENT_EXTRA:
                     sh("ip", "-n", self.ns("client"), "addr", "add", f"{address}/24", "dev", "eth0")
@@ -167,6 +176,13 @@ class Lab:
     def set_link(self, host: str, up: bool) -> None:
         """Cuts or restores a host's cable (the switch side of its veth)."""
         sh("ip", "-n", self.ns("sw"), "link", "set", f"v{host}", "up" if up else "down")
+
+    def set_hb_link(self, up: bool) -> None:
+        """Cuts or restores the direct heartbeat cable between lb1 and lb2."""
+        sh("ip", "-n", self.ns("lb2"), "link", "set", "hb0", "up" if up else "down")
+
+    def holds(self, host: str, address: str) -> bool:
+        return f" {address}/" in self.run(host, "ip", "-o", "addr", "show", "dev", "eth0").stdout
 
     # --- running things -----------------------------------------------------------------------------
 
@@ -369,6 +385,27 @@ class Lab:
         return out[out.index("lladdr") + 1] if "lladdr" in out else None
 
 
+def pair_config(node: str, state_dir: str, mutate: Callable[[dict], None] | None = None, **ha: Any) -> str:
+    """`guide_config` for one node of the lab's pair: heartbeats over the switch and over hb0, the
+    client as ping node, lb1 preferred. `ha` overrides cluster.ha settings (timers, auto_failback...)."""
+    peer = "lb2" if node == "lb1" else "lb1"
+    key = os.path.join(state_dir, "heartbeat.key")
+    if not os.path.exists(key):
+        with open(key, "w") as f:
+            f.write(os.urandom(32).hex())
+
+    def pair(doc: dict) -> None:
+        doc["node"]["ha"] = {
+            "peer": peer, "interface": "eth0", "key_file": key, "ping_nodes": [PING_NODE],
+            "paths": [{"local": HOSTS[node], "peer": HOSTS[peer]}, {"local": HB_LINK[node], "peer": HB_LINK[peer]}],
+        }  # fmt: skip
+        doc["cluster"]["ha"] = {"preferred_master": "lb1", **ha}
+        if mutate is not None:
+            mutate(doc)
+
+    return guide_config(node, state_dir, pair)
+
+
 def guide_config(node: str, state_dir: str, mutate: Callable[[dict], None] | None = None) -> str:
     """The shipped default (the guide's Option 1) moved onto the lab's addresses, for node `node`.
 
@@ -379,7 +416,8 @@ def guide_config(node: str, state_dir: str, mutate: Callable[[dict], None] | Non
     from hapair.configfile import default_text
 
     doc = yaml.safe_load(default_text().replace("192.168.30.", f"{SUBNET}."))
-    doc["node"] = {"name": node, "state_dir": state_dir, "control_socket": os.path.join(state_dir, f"{node}.sock")}
+    doc["node"] = {"name": node, "state_dir": state_dir, "control_socket": os.path.join(state_dir, f"{node}.sock"),
+                   "hostname": f"{node}.lab.test"}  # fmt: skip
     for vs in doc["cluster"]["virtual_services"]:
         vs["health_check"].update(interval="500ms", timeout="400ms", rise=2, fall=2)
     if mutate is not None:
