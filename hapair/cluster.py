@@ -54,7 +54,11 @@ class ClusterService(service.Service):
         self.codec = Codec(node.name, local.peer, key)
         self.vips = VipManager(local.interface)
         self.announcer = Announcer(reactor, local.interface, ha.garp)
-        self.ping = PingMonitor(reactor, local.ping_nodes, ha.interval, ha.deadtime, self.machine.ping)
+        # The ping verdict must be fresher than the peer-dead verdict, or a node cut off from both would
+        # decide on a stale "reachable": with window deadtime/3 and an echo every window/3, a cut shows
+        # up within 4/9 deadtime, always before the peer is declared dead (more than deadtime/2 later).
+        window = ha.deadtime / 3
+        self.ping = PingMonitor(reactor, local.ping_nodes, window / 3, window, self.machine.ping)
         self.ports: list[Any] = []
         self.path_seen: list[float | None] = [None] * len(local.paths)
         self.peer_fingerprint: bytes | None = None

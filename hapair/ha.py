@@ -270,12 +270,14 @@ class Machine:
         return f"no master, and this node outranks {beat.node}"
 
     def _reconsider(self) -> None:
-        """After health or ping came back: act on what is known of the peer."""
+        """After health or ping came back: act on what is known of the peer. Silence heard while this
+        node was cut off proves nothing (the same cut may have eaten the peer's heartbeats), so a node
+        that hears no peer waits one full deadtime from now before it takes over."""
         if self.role is not Role.SLAVE or not self._can_claim():
             return
         if not self.peer_alive:
             if self.peer is not None or "initdead" not in self._timers:
-                self._become_master("peer is gone and this node can serve")
+                self._arm("dead", self.timers.deadtime, self._peer_dead)
         elif self.peer.role is not Role.MASTER and self._should_claim_from(self.peer):
             self._become_master(self._claim_reason(self.peer))
 
