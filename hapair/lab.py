@@ -168,7 +168,11 @@ class Lab:
         return self
 
     def add_address(self, host: str, address: str, prefix_len: int = 24) -> None:
+        """Puts an address on a host by hand. Nothing announces it, so the client forgets any old
+        neighbour entry for it (what a takeover's gratuitous ARP would have updated)."""
         sh("ip", "-n", self.ns(host), "addr", "add", f"{address}/{prefix_len}", "dev", "eth0")
+        if "client" in self.hosts and host != "client":
+            sh("ip", "-n", self.ns("client"), "neigh", "flush", "to", address, check=False)
 
     def del_address(self, host: str, address: str, prefix_len: int = 24) -> None:
         sh("ip", "-n", self.ns(host), "addr", "del", f"{address}/{prefix_len}", "dev", "eth0", check=False)
