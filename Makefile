@@ -1,7 +1,7 @@
 # The two commands of the README's quick start, and the benchmarks.
 PYTHON ?= python3
 
-.PHONY: demo test unit bench-proxy deps
+.PHONY: demo test unit bench-proxy bench-failover deps
 
 deps:
 	bash tools/install-deps
@@ -19,3 +19,6 @@ unit:
 
 bench-proxy: deps
 	$(PYTHON) bench/proxy_vs_haproxy.py
+
+bench-failover: deps
+	$(PYTHON) bench/failover_vs_keepalived.py
