@@ -78,13 +78,13 @@ def role(node: Node) -> str:
 def pair(lab):
     started: list[Node] = []
 
-    def start(host: str, **ha) -> Node:
-        node = Node(lab, host, pair_config(host, lab.dir, **ha))
+    def start(host: str, mutate=None, **ha) -> Node:
+        node = Node(lab, host, pair_config(host, lab.dir, mutate, **ha))
         started.append(node)
         return node
 
-    def start_pair(**ha) -> tuple[Node, Node]:
-        lb1, lb2 = start("lb1", **ha), start("lb2", **ha)
+    def start_pair(mutate=None, **ha) -> tuple[Node, Node]:
+        lb1, lb2 = start("lb1", mutate, **ha), start("lb2", mutate, **ha)
         wait_for(lambda: lab.holds("lb1", VIP), 5, "lb1 master")
         lb2.wait_log(r"INIT -> SLAVE")
         return lb1, lb2
@@ -273,3 +273,22 @@ def test_garbage_sent_to_the_heartbeat_port_is_dropped_and_counted(lab, pair):
     assert sum(status["heartbeats_dropped"].values()) >= 295
     assert status["role"] == "master" and status["peer"]["alive"] and lb1.proc.alive()
     assert lab.holds("lb1", VIP) and not lab.holds("lb2", VIP)
+
+
+def test_hooks_run_in_order_on_every_transition_with_the_state_and_vips(lab, pair, tmp_path):
+    def hooks(doc: dict) -> None:
+        out = tmp_path / f"{doc['node']['name']}.log"
+        doc["node"]["ha"]["hooks"] = [
+            f'echo "$HAPAIR_NODE $HAPAIR_PREVIOUS $HAPAIR_STATE $HAPAIR_VIPS" >> {out}',
+            f"sleep 0.1; echo second >> {out}",
+        ]
+
+    lb1, lb2 = pair(hooks)
+    assert lb1.cli("failover").returncode == 0
+    wait_for(lambda: (tmp_path / "lb2.log").exists() and len((tmp_path / "lb2.log").read_text().splitlines()) == 4,
+             3, "lb2's hooks")  # fmt: skip
+    time.sleep(0.3)
+    assert (tmp_path / "lb1.log").read_text().splitlines() == [
+        f"lb1 init master {VIP}", "second", f"lb1 master slave {VIP}", "second"]
+    assert (tmp_path / "lb2.log").read_text().splitlines() == [
+        f"lb2 init slave {VIP}", "second", f"lb2 slave master {VIP}", "second"]
