@@ -149,6 +149,8 @@ class _Reader:
         default: T = _REQUIRED,
     ) -> T:
         node = items.get(name)
+        if isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+            node = None  # `key: ~` or `key: null` means not given: the default applies
         if node is None:
             if default is _REQUIRED:
                 self.problem(parent, f"{path}.{name}", "missing (required)")
