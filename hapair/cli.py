@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
         if state == "drain":
             cmd.add_argument("--clear-persistence", action="store_true", help="also forget its persistent clients")
     sub.add_parser("reload", help="re-read the configuration file and apply what changed")
+    pair = sub.add_parser("pair", help="pair this node with its peer, or undo it")
+    pair_sub = pair.add_subparsers(dest="pair_command", required=True, metavar="add|remove")
+    add = pair_sub.add_parser("add", help="pair with the node at PEER_ADDRESS (asks for its admin password)")
+    add.add_argument("address", metavar="PEER_ADDRESS")
+    add.add_argument("--password-file", help="read the peer's admin password from this file (for automation)")
+    pair_sub.add_parser("remove", help="forget the peer: no more heartbeats or replication with it")
     failover = sub.add_parser("failover", help="hand the VIPs to the peer (on the master)")
     failover.add_argument("--force", action="store_true", help="even when the peer looks unhealthy or silent")
     return p
@@ -95,6 +101,13 @@ def _remote(args: argparse.Namespace) -> int:
 
     path = _socket_path(args)
     outcome: dict[str, Any] = {}
+    password = ""
+    if args.command == "pair" and args.pair_command == "add":
+        try:
+            password = _read_password(args.password_file, args.address)
+        except OSError as e:
+            print(f"hapair pair add: cannot read the password: {e.strerror}", file=sys.stderr)
+            return EXIT_USAGE
 
     def go(reactor: Any) -> Any:
         if args.command == "status":
@@ -103,6 +116,10 @@ def _remote(args: argparse.Namespace) -> int:
             d = control.call(path, control.Reload, reactor)
         elif args.command == "failover":
             d = control.call(path, control.Failover, reactor, force=args.force)
+        elif args.command == "pair" and args.pair_command == "add":
+            d = control.call(path, control.Pair, reactor, address=args.address, password=password)
+        elif args.command == "pair":
+            d = control.call(path, control.Unpair, reactor)
         else:
             d = control.call(
                 path, control.SetAdminState, reactor, server=args.server, state=args.command, vs=args.vip,
@@ -141,12 +158,21 @@ def _remote(args: argparse.Namespace) -> int:
         print(json.dumps({"ok": True, **answer}))
     elif args.command == "reload":
         print("reloaded: " + ", ".join(answer["result"]["virtual_services"]))
-    elif args.command == "failover":
+    elif args.command in ("failover", "pair"):
         print(answer["result"])
     else:
         for vs, server in answer["changed"]:
             print(f"{vs}/{server}: {args.command}")
     return EXIT_OK
+
+
+def _read_password(path: str | None, address: str) -> str:
+    if path:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    import getpass
+
+    return getpass.getpass(f"admin password of the node at {address}: ")
 
 
 def _degraded(status: dict) -> list[str]:
@@ -161,6 +187,9 @@ def _degraded(status: dict) -> list[str]:
             problems.append("the peer runs a different configuration")
         if any(e["ended"] is None for e in cluster["dual_masters"]):
             problems.append("both nodes are master")
+    replication = status.get("replication")
+    if replication is not None and replication["paired"] and replication["sync"].startswith("failed"):
+        problems.append(f"replication {replication['sync']}")
     for vs in status["virtual_services"]:
         for s in vs["servers"]:
             if s["health"] != "up":
@@ -183,9 +212,15 @@ def _status_table(status: dict, degraded: list[str]) -> str:
                          for p in cluster["paths"])  # fmt: skip
         lines.append(f"heartbeat paths: {ages}")
         dropped = sum(cluster["heartbeats_dropped"].values())
+        rep = status.get("replication")
+        if rep is not None:
+            peer_v = "?" if rep["peer_version"] is None else rep["peer_version"]
+            lines.append(f"replication: {'paired' if rep['paired'] else 'NOT PAIRED'}; {rep['sync']}; version "
+                         f"{rep['version']} ({rep['digest'][:12]}), peer version {peer_v}"
+                         + (f" ({rep['peer_digest'][:12]})" if rep["peer_digest"] else ""))  # fmt: skip
         lines.append(f"VIPs held: {', '.join(cluster['vips_held']) or 'none'}; GARPs sent {cluster['garps_sent']}; "
                      f"takeovers {cluster['takeovers']}; dropped heartbeats {dropped} "
-                     f"(bad key {cluster['heartbeats_dropped']['bad_mac']}); dual-master episodes {len(cluster['dual_masters'])}")
+                     f"(bad key {cluster['heartbeats_dropped'].get('bad_mac', 0)}); dual-master episodes {len(cluster['dual_masters'])}")
     head = f"{'SERVICE / SERVER':<24} {'ADDRESS':<28} {'HEALTH':<6} {'ADMIN':<6} {'WT':>3} {'CUR':>5} {'TOTAL':>7} {'FAIL':>5} {'IN':>9} {'OUT':>9}"
     lines.append(head)
     for vs in status["virtual_services"]:

@@ -44,14 +44,16 @@ class _PathProtocol(protocol.DatagramProtocol):
 
 
 class ClusterService(service.Service):
-    def __init__(self, node: NodeConfig, cluster: ClusterConfig, proxy: Any, reactor: Any, key: bytes):
+    def __init__(self, node: NodeConfig, cluster: ClusterConfig, proxy: Any, reactor: Any, key: bytes | None):
         self.node, self.cluster, self.proxy, self.reactor = node, cluster, proxy, reactor
         ha, local = cluster.ha, node.ha
         self.local = local
         self.priority = 200 if ha.preferred_master == node.name else 100
         self.timers = Timers(ha.interval, ha.warntime, ha.deadtime, ha.initdead)
         self.machine = Machine(node.name, self.priority, self.timers, self, reactor, ha.auto_failback)
-        self.codec = Codec(node.name, local.peer, key)
+        # No key: not paired yet. The node then stands alone (claims its VIPs after initdead) and neither
+        # sends nor believes heartbeats until pairing gives it the pair's key.
+        self.codec = Codec(node.name, local.peer, key) if key else None
         self.vips = VipManager(local.interface)
         self.announcer = Announcer(reactor, local.interface, ha.garp)
         # The ping verdict must be fresher than the peer-dead verdict, or a node cut off from both would
@@ -107,7 +109,12 @@ class ClusterService(service.Service):
 
     # --- heartbeats ---------------------------------------------------------------------------------
 
+    def set_key(self, key: bytes | None) -> None:
+        self.codec = Codec(self.node.name, self.local.peer, key) if key else None
+
     def send_heartbeats(self, releasing: bool = False) -> None:
+        if self.codec is None:
+            return
         m = self.machine
         data = self.codec.encode(m.role, self.priority, self.cluster.fingerprint(), m.healthy, m.ping_ok, releasing)
         for port, path in zip(self.ports, self.local.paths):
@@ -117,6 +124,8 @@ class ClusterService(service.Service):
                 pass  # that path is down; the others carry the heartbeat
 
     def received(self, data: bytes, index: int, addr: Any) -> None:
+        if self.codec is None:
+            return  # not paired: nothing can be authenticated
         try:
             got = self.codec.decode(data, index)
         except Dropped as e:
@@ -245,7 +254,8 @@ class ClusterService(service.Service):
             "vips": sorted(floating),
             "vips_held": sorted(self.vips.held() & floating),
             "garps_sent": self.announcer.sent,
-            "heartbeats_dropped": dict(self.codec.dropped),
+            "paired": self.codec is not None,
+            "heartbeats_dropped": dict(self.codec.dropped) if self.codec else {},
             "takeovers": m.stats.takeovers,
             "releases": m.stats.releases,
             "late_heartbeats": m.stats.late_heartbeats,

@@ -192,6 +192,8 @@ class NodeHA:
     ping_nodes: tuple[IPAddress, ...] = ()
     #: Commands run in order on each transition, with HAPAIR_STATE, HAPAIR_PREVIOUS and HAPAIR_VIPS set.
     hooks: tuple[str, ...] = ()
+    #: This node's admin password (the appliance's "loadbalancer" user), asked of whoever pairs with it.
+    admin_password_file: str | None = None
 
 
 @dataclass(frozen=True)

@@ -322,7 +322,8 @@ class _Reader:
         return NodeConfig(name=name, state_dir=state_dir, control_socket=control, ha=ha, appliance=appliance)
 
     def node_ha(self, node: Node, path: str) -> NodeHA:
-        items = self.mapping(node, path, ("peer", "interface", "paths", "key_file", "ping_nodes", "hooks"))
+        items = self.mapping(node, path, ("peer", "interface", "paths", "key_file", "ping_nodes", "hooks",
+                                          "admin_password_file"))  # fmt: skip
         if items is None:
             return _BAD
         values = dict(
@@ -332,6 +333,7 @@ class _Reader:
             key_file=self.field(items, node, path, "key_file", self.text),
             ping_nodes=self.field(items, node, path, "ping_nodes", lambda n: tuple(self.ip(i) for i in self.sequence(n)), ()),
             hooks=self.field(items, node, path, "hooks", lambda n: tuple(self.text(i) for i in self.sequence(n)), ()),
+            admin_password_file=self.field(items, node, path, "admin_password_file", self.text, None),
         )
         return _BAD if _BAD in values.values() else NodeHA(**values)
 

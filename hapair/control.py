@@ -46,6 +46,10 @@ class FailoverRefusedError(Exception):
     pass
 
 
+class PairingError(Exception):
+    pass
+
+
 class Status(amp.Command):
     arguments: list = []
     response = [(b"status", JSON())]
@@ -74,6 +78,18 @@ class Failover(amp.Command):
     errors = {FailoverRefusedError: b"FAILOVER_REFUSED"}
 
 
+class Pair(amp.Command):
+    arguments = [(b"address", amp.Unicode()), (b"password", amp.Unicode())]
+    response = [(b"result", amp.Unicode())]
+    errors = {PairingError: b"PAIRING_FAILED"}
+
+
+class Unpair(amp.Command):
+    arguments: list = []
+    response = [(b"result", amp.Unicode())]
+    errors = {PairingError: b"PAIRING_FAILED"}
+
+
 class ControlProtocol(amp.AMP):
     """Answers commands by calling the daemon's handlers: `status()`, `set_admin_state()`, `reload()`,
     `failover()`."""
@@ -93,6 +109,14 @@ class ControlProtocol(amp.AMP):
     @Failover.responder
     def failover(self, force: bool) -> defer.Deferred:
         return defer.maybeDeferred(self.daemon.failover, force).addCallback(lambda result: {"result": result})
+
+    @Pair.responder
+    def pair(self, address: str, password: str) -> defer.Deferred:
+        return defer.maybeDeferred(self.daemon.pair, address, password).addCallback(lambda r: {"result": r})
+
+    @Unpair.responder
+    def unpair(self) -> defer.Deferred:
+        return defer.maybeDeferred(self.daemon.unpair).addCallback(lambda r: {"result": r})
 
     @Reload.responder
     def reload(self) -> defer.Deferred:

@@ -27,13 +27,16 @@ class Daemon:
     def __init__(self, config_path: str, config: Config, reactor: Any):
         self.config_path, self.config, self.reactor = config_path, config, reactor
         self.proxy = ProxyService(config.cluster, reactor)
-        self.cluster = None
+        self.cluster = self.replication = None
         if config.node.ha is not None:
             from hapair.cluster import ClusterService
             from hapair.heartbeat import read_key
+            from replication.service import ReplicationService
 
-            key = read_key(config.node.ha.key_file)
+            key = read_key(config.node.ha.key_file) if os.path.exists(config.node.ha.key_file) else None
             self.cluster = ClusterService(config.node, config.cluster, self.proxy, reactor, key)
+            self.replication = ReplicationService(self, reactor, config.node.ha.admin_password_file)
+            self.proxy.on_persist = self.replication.persistence_recorded
         self.control = control.ControlService(config.node.control_socket, self, reactor)
         # Started in this order, stopped in reverse: the cluster manager releases the VIPs (and tells
         # the peer) before the proxy closes its listeners.
@@ -41,6 +44,7 @@ class Daemon:
         self.proxy.setServiceParent(self.top)
         if self.cluster is not None:
             self.cluster.setServiceParent(self.top)
+            self.replication.setServiceParent(self.top)
         self.control.setServiceParent(self.top)
 
     # --- control commands ---------------------------------------------------------------------------
@@ -51,6 +55,7 @@ class Daemon:
             "pid": os.getpid(),
             "config": os.path.abspath(self.config_path),
             "cluster": self.cluster.status() if self.cluster is not None else None,
+            "replication": self.replication.status() if self.replication is not None else None,
             "virtual_services": self.proxy.snapshot(),
         }
 
@@ -71,9 +76,51 @@ class Daemon:
         except ValueError:
             raise control.UnknownServerError(f"{state!r} is not one of online, drain, halt")
         try:
-            return [list(pair) for pair in self.proxy.set_admin_state(server, admin, vs, clear_persistence)]
+            changed = [list(pair) for pair in self.proxy.set_admin_state(server, admin, vs, clear_persistence)]
         except UnknownServer as e:
             raise control.UnknownServerError(e.args[0])
+        if self.replication is not None:
+            self.replication.admin_changed()
+        return changed
+
+    # --- pairing and replication --------------------------------------------------------------------
+
+    def pair(self, address: str, password: str) -> defer.Deferred:
+        if self.replication is None:
+            raise control.PairingError("this node has no node.ha section: it cannot be paired")
+
+        def refused(f: Any) -> None:
+            raise control.PairingError(f"pairing with {address} failed: {f.getErrorMessage()}")
+
+        return self.replication.pair(address, password.encode()).addErrback(refused)
+
+    def unpair(self) -> defer.Deferred:
+        if self.replication is None or self.replication.pin is None:
+            raise control.PairingError("this node is not paired")
+        return self.replication.unpair()
+
+    def set_heartbeat_key(self, key: bytes | None) -> None:
+        from replication.store import write_atomic
+
+        path = self.config.node.ha.key_file
+        if key is None:
+            if os.path.exists(path):
+                os.unlink(path)
+        else:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            write_atomic(path, key.hex().encode())
+            os.chmod(path, 0o600)
+        self.cluster.set_key(key)
+
+    def apply_replicated(self, new: Config) -> defer.Deferred:
+        """A configuration from the master, already parsed: the node section stays this node's."""
+
+        def applied(_: object) -> None:
+            self.config = Config(node=self.config.node, cluster=new.cluster)
+            if self.cluster is not None:
+                self.cluster.apply(new.cluster)
+
+        return self.proxy.apply(new.cluster).addCallback(applied)
 
     def reload(self) -> defer.Deferred:
         try:
@@ -83,12 +130,20 @@ class Daemon:
             raise control.ConfigInvalidError(str(e))
         if new.node != self.config.node:
             log.warn("node section changed: it takes effect at the next restart")
+        if (self.replication is not None and self.replication.pin is not None and not self.replication.is_master()
+                and new.cluster != self.config.cluster):  # fmt: skip
+            why = (f"this node is the slave: change the cluster section on the master ({self.config.node.ha.peer}); "
+                   "it replicates here")  # fmt: skip
+            log.error("reload refused: {why}", why=why)
+            raise control.ConfigInvalidError(why)
         d = self.proxy.apply(new.cluster)
 
         def applied(_: object) -> dict[str, Any]:
             self.config = Config(node=self.config.node, cluster=new.cluster)
             if self.cluster is not None:
                 self.cluster.apply(new.cluster)
+            if self.replication is not None:
+                self.replication.local_change()
             labels = [vs.label for vs in new.cluster.virtual_services]
             log.info("reloaded {path}: {labels}", path=self.config_path, labels=", ".join(labels))
             return {"virtual_services": labels}

@@ -375,9 +375,9 @@ class Lab:
             self.wait_port(host, ip, port, proc=proc)
         return proc
 
-    def start_node(self, host: str, config_text: str) -> tuple[Proc, str]:
+    def start_node(self, host: str, config_text: str, path: str | None = None) -> tuple[Proc, str]:
         """A hapair daemon in `host` on the given configuration; returns it and its config path."""
-        path = os.path.join(self.dir, f"{host}.yaml")
+        path = path or os.path.join(self.dir, f"{host}.yaml")
         with open(path, "w") as f:
             f.write(config_text)
         proc = self.spawn(host, f"hapair-{host}", [sys.executable, "-m", "hapair", "--config", path, "run"])
@@ -389,25 +389,38 @@ class Lab:
         return out[out.index("lladdr") + 1] if "lladdr" in out else None
 
 
-def pair_config(node: str, state_dir: str, mutate: Callable[[dict], None] | None = None, **ha: Any) -> str:
+def pair_config(node: str, lab_dir: str, mutate: Callable[[dict], None] | None = None, paired: bool = True,
+                **ha: Any) -> str:  # fmt: skip
     """`guide_config` for one node of the lab's pair: heartbeats over the switch and over hb0, the
-    client as ping node, lb1 preferred. `ha` overrides cluster.ha settings (timers, auto_failback...)."""
+    client as ping node, lb1 preferred, state in `lab_dir/<node>`, admin password `pw-<node>`.
+    paired: both nodes get the same heartbeat key up front; otherwise they start unpaired and
+    `hapair pair add` must pair them. `ha` overrides cluster.ha settings (timers, auto_failback...)."""
     peer = "lb2" if node == "lb1" else "lb1"
-    key = os.path.join(state_dir, "heartbeat.key")
-    if not os.path.exists(key):
-        with open(key, "w") as f:
-            f.write(os.urandom(32).hex())
+    node_dir = os.path.join(lab_dir, node)
+    os.makedirs(node_dir, mode=0o700, exist_ok=True)
+    key = os.path.join(node_dir, "heartbeat.key")
+    shared = os.path.join(lab_dir, "heartbeat.key")
+    if paired and not os.path.exists(key):
+        if not os.path.exists(shared):
+            with open(shared, "w") as f:
+                f.write(os.urandom(32).hex())
+        shutil.copy(shared, key)
+    password = os.path.join(node_dir, "admin.pw")
+    with open(password, "w") as f:
+        f.write(f"pw-{node}\n")
+    os.chmod(password, 0o600)
 
     def pair(doc: dict) -> None:
         doc["node"]["ha"] = {
             "peer": peer, "interface": "eth0", "key_file": key, "ping_nodes": [PING_NODE],
             "paths": [{"local": HOSTS[node], "peer": HOSTS[peer]}, {"local": HB_LINK[node], "peer": HB_LINK[peer]}],
+            "admin_password_file": password,
         }  # fmt: skip
         doc["cluster"]["ha"] = {"preferred_master": "lb1", **ha}
         if mutate is not None:
             mutate(doc)
 
-    return guide_config(node, state_dir, pair)
+    return guide_config(node, node_dir, pair)
 
 
 def guide_config(node: str, state_dir: str, mutate: Callable[[dict], None] | None = None) -> str:

@@ -10,6 +10,7 @@ balancer and the persistence table under the guide's rules:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -57,6 +58,9 @@ class Pool:
         self.persistence = (
             PersistenceTable(p.timeout, p.table_size, clock) if p.mode is PersistenceMode.SOURCE_IP else None
         )
+        #: Called with (source, server) when persistence sticks a client to a server it was not stuck to:
+        #: what a slave needs to send the client to the same server after a failover.
+        self.on_assign: Callable[[str, str], None] | None = None
 
     def choose(self, source: str, exclude: frozenset[str] = frozenset()) -> ServerState | None:
         """The server for a new connection from `source`, or None when no server may take it.
@@ -76,6 +80,8 @@ class Pool:
         server = self._balancer.pick(eligible)
         if server is not None and table is not None:
             table.record(source, server.label)
+            if self.on_assign is not None:
+                self.on_assign(source, server.label)
         return server
 
     def at_maxconn(self) -> bool:

@@ -54,6 +54,8 @@ class ProxyService(service.Service):
         self.pools: dict[str, Pool] = {}
         self.monitors: dict[str, HealthMonitor] = {}
         self.ports: dict[str, dict[int, IListeningPort]] = {}
+        #: (service, source, server, seconds left) for each new persistence assignment; set by replication.
+        self.on_persist: Any = None
         self._sweeper = task.LoopingCall(self.sweep)
         self._sweeper.clock = reactor
 
@@ -91,6 +93,7 @@ class ProxyService(service.Service):
 
     def _add(self, vs: VirtualService) -> None:
         pool = Pool(vs, self.reactor)
+        pool.on_assign = lambda source, server, label=vs.label: self._assigned(label, source, server)
         ports: dict[int, IListeningPort] = {}
         try:
             for port in vs.ports:
@@ -154,6 +157,12 @@ class ProxyService(service.Service):
             where = f"virtual service {vs!r}" if vs else "any virtual service"
             raise UnknownServer(f"no real server {server!r} in {where}")
         return changed
+
+    def _assigned(self, label: str, source: str, server: str) -> None:
+        if self.on_persist is not None:
+            pool = self.pools.get(label)
+            if pool is not None and pool.persistence is not None:
+                self.on_persist(label, source, server, pool.persistence.timeout)
 
     def _server_down(self, pool: Pool, label: str) -> None:
         if not pool.service.health_check.shutdown_sessions:
