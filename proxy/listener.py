@@ -48,8 +48,9 @@ def listening_socket(ip: str, port: int, reuseport: bool = False) -> socket.sock
     return sock
 
 
-def listen(reactor: object, ip: str, port: int, factory: Factory) -> IListeningPort:
-    sock = listening_socket(ip, port)
+def listen(reactor: object, ip: str, port: int, factory: Factory, sock: socket.socket | None = None) -> IListeningPort:
+    """Adopts `sock` (or a new listening socket on ip:port) into the reactor."""
+    sock = sock or listening_socket(ip, port)
     try:
         return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
     finally:

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from hapair.config import AdminState, ClusterConfig, VirtualService
-from proxy.listener import ServiceFactory, listen
+from proxy.listener import ServiceFactory, listen, listening_socket
 from proxy.monitor import HealthMonitor
 from proxy.pool import Pool
 from proxy.relay import Session
@@ -91,13 +91,15 @@ class ProxyService(service.Service):
         )
         self._sweeper.start(min(SWEEP_MAX, max(SWEEP_MIN, shortest * SWEEP_FRACTION)), now=False)
 
-    def _add(self, vs: VirtualService) -> None:
+    def _add(self, vs: VirtualService, bound: dict | None = None) -> None:
         pool = Pool(vs, self.reactor)
         pool.on_assign = lambda source, server, label=vs.label: self._assigned(label, source, server)
         ports: dict[int, IListeningPort] = {}
         try:
             for port in vs.ports:
-                ports[port] = listen(self.reactor, str(vs.ip), port, ServiceFactory(self.runtime, pool, str(vs.ip), port))
+                sock = (bound or {}).pop((str(vs.ip), port), None)
+                factory = ServiceFactory(self.runtime, pool, str(vs.ip), port)
+                ports[port] = listen(self.reactor, str(vs.ip), port, factory, sock)
         except Exception:
             for p in ports.values():
                 p.stopListening()
@@ -115,18 +117,32 @@ class ProxyService(service.Service):
     # --- reload -------------------------------------------------------------------------------------
 
     def apply(self, cluster: ClusterConfig) -> defer.Deferred:
-        """Moves to a new cluster configuration, touching only what changed. Fires when removed
-        listeners are closed; raises (changing nothing) when a new listener cannot be bound."""
+        """Moves to a new cluster configuration, touching only what changed. Fires when it is in place;
+        fails, having changed nothing, when a new address and port cannot be bound."""
         new = {vs.label: vs for vs in cluster.virtual_services}
         old = {vs.label: vs for vs in self.cluster.virtual_services}
         rebind = [label for label in new.keys() & old.keys() if (new[label].ip, new[label].ports) != (old[label].ip, old[label].ports)]
+        # Bind every address and port that is new to this node before touching anything; ours that
+        # only move between services are re-bound once their old listener is closed.
+        ours = {(str(vs.ip), port) for vs in old.values() for port in vs.ports}
+        bound: dict[tuple[str, int], Any] = {}
+        try:
+            for label in (new.keys() - old.keys()) | set(rebind):
+                for port in new[label].ports:
+                    key = (str(new[label].ip), port)
+                    if key not in ours:
+                        bound[key] = listening_socket(*key)
+        except OSError as e:
+            for sock in bound.values():
+                sock.close()
+            return defer.fail(OSError(e.errno, f"cannot listen on {key[0]} port {key[1]}: {e.strerror}"))
         closing = [self._remove(label) for label in (old.keys() - new.keys()) | set(rebind)]
         d = defer.gatherResults(closing)
 
         def bind_new(_: object) -> None:
             for label, vs in new.items():
                 if label not in self.pools:
-                    self._add(vs)
+                    self._add(vs, bound)
                     if self.running:
                         self.monitors[label].start()
                 elif vs != self.pools[label].service:

@@ -40,9 +40,9 @@ def lab():
 class Node:
     """A hapair daemon in a lab host, with the operator's CLI and its log."""
 
-    def __init__(self, lab: labmod.Lab, host: str, config_text: str):
+    def __init__(self, lab: labmod.Lab, host: str, config_text: str, path: str | None = None):
         self.lab, self.host = lab, host
-        self.proc, self.config = lab.start_node(host, config_text)
+        self.proc, self.config = lab.start_node(host, config_text, path)
 
     def log(self) -> str:
         return self.proc.output()
