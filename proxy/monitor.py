@@ -8,7 +8,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hapair.config import CheckKind, RealServer, VirtualService
+from hapair.config import CheckKind, RealServer
 from proxy.checks import Prober, probe
 from proxy.health import HealthState
 from proxy.pool import Pool

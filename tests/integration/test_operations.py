@@ -6,9 +6,7 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
-import time
 
 import pytest
 import yaml

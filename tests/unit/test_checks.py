@@ -1,7 +1,6 @@
 """Health-check probes on a fake transport: what each kind accepts and refuses, and its time limit."""
 
 import pytest
-from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
