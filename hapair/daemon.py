@@ -178,8 +178,19 @@ def run(config_path: str) -> int:
     except Exception as e:  # a port or socket that cannot be bound
         print(f"hapair: not starting: {e}", file=sys.stderr)
         return 1
-    reactor.callWhenRunning(daemon.top.startService)
-    reactor.addSystemEventTrigger("before", "shutdown", daemon.top.stopService)
+    from hapair import sdnotify
+
+    def started() -> None:
+        daemon.top.startService()
+        sdnotify.start_watchdog(reactor)
+        sdnotify.notify(f"READY=1\nSTATUS=node {config.node.name}: {len(config.cluster.virtual_services)} virtual services")
+
+    def stopping() -> Any:
+        sdnotify.notify("STOPPING=1")
+        return daemon.top.stopService()
+
+    reactor.callWhenRunning(started)
+    reactor.addSystemEventTrigger("before", "shutdown", stopping)
 
     def on_hup(signum: int, frame: object) -> None:
         reactor.callFromThread(lambda: daemon.reload().addErrback(lambda f: None))

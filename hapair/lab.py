@@ -375,12 +375,13 @@ class Lab:
             self.wait_port(host, ip, port, proc=proc)
         return proc
 
-    def start_node(self, host: str, config_text: str, path: str | None = None) -> tuple[Proc, str]:
+    def start_node(self, host: str, config_text: str, path: str | None = None,
+                   env: dict[str, str] | None = None) -> tuple[Proc, str]:  # fmt: skip
         """A hapair daemon in `host` on the given configuration; returns it and its config path."""
         path = path or os.path.join(self.dir, f"{host}.yaml")
         with open(path, "w") as f:
             f.write(config_text)
-        proc = self.spawn(host, f"hapair-{host}", [sys.executable, "-m", "hapair", "--config", path, "run"])
+        proc = self.spawn(host, f"hapair-{host}", [sys.executable, "-m", "hapair", "--config", path, "run"], env)
         return proc, path
 
     def neigh(self, host: str, address: str) -> str | None:

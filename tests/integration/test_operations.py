@@ -156,3 +156,31 @@ def test_a_server_marked_down_can_have_its_sessions_closed(lab, lb2, client):
         pass
     node.wait_log(r"> CAS-RPC/CAS2 .* real server down", after=offset, timeout=3)
     live.close()
+
+
+def test_the_daemon_tells_systemd_it_is_ready_and_feeds_the_watchdog(lab, tmp_path):
+    notify = str(tmp_path / "notify")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(notify)
+    server.settimeout(10)
+    node = Node.__new__(Node)
+    node.lab, node.host = lab, "lb2"
+    node.proc, node.config = lab.start_node("lb2", config(lab, "lb2", [rpc()]),
+                                            env={"NOTIFY_SOCKET": notify, "WATCHDOG_USEC": "400000"})  # fmt: skip
+    try:
+        messages = [server.recv(200).decode() for _ in range(4)]
+        assert messages[0] == "WATCHDOG=1" or messages[0].startswith("READY=1")
+        assert any(m.startswith("READY=1\nSTATUS=node lb2: 1 virtual services") for m in messages)
+        assert messages.count("WATCHDOG=1") >= 3  # every 200 ms from the reactor
+        node.stop()
+        rest = []
+        server.settimeout(2)
+        try:
+            while True:
+                rest.append(server.recv(200).decode())
+        except TimeoutError:
+            pass
+        assert "STOPPING=1" in rest
+    finally:
+        server.close()
+        node.stop()
