@@ -108,6 +108,16 @@ def test_cli_errors_are_clear(lab, lb2):
     assert wrong_vip.returncode == 1 and "virtual service 'NOPE'" in wrong_vip.stderr
     as_json = node.cli("--json", "online", "CAS1")
     assert as_json.returncode == 0 and json.loads(as_json.stdout) == {"ok": True, "changed": [["CAS-RPC", "CAS1"]]}
+    status = json.loads(node.cli("--json", "status").stdout)
+    assert {"node", "pid", "config", "cluster", "replication", "virtual_services"} <= set(status)
+    assert {"label", "ip", "ports", "current", "total", "bytes_in", "bytes_out", "refused", "servers",
+            "persistence_entries"} <= set(status["virtual_services"][0])  # fmt: skip
+    checked = json.loads(node.cli("--json", "check-config", node.config).stdout)
+    assert checked == {"ok": True, "virtual_services": ["CAS-RPC"]}
+    sock = os.path.join(lab.dir, "state-lb2", "ctl.sock")
+    assert os.stat(sock).st_mode & 0o777 == 0o660  # owner and the hapair group only
+    bad = node.cli("drain")
+    assert bad.returncode == 2 and "the following arguments are required: server" in bad.stderr
     node.stop()
     gone = node.cli("status")
     assert gone.returncode == 1 and "the daemon is not running" in gone.stderr
