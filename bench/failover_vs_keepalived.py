@@ -299,8 +299,10 @@ class LoadResult:
     proxy_cpu_pct: float
     requests_per_s: str
     lb2_held_vip: int  # samples in which lb2 held the VIP
+    nobody_held_vip: int  # samples in which neither node held it
     samples: int
-    transitions: list[str]
+    transitions: list[str]  # "+7.3 s lb1: MASTER -> FAULT: ...", timed from the start of the load
+    roles_after: str
     takeovers: str
     late_heartbeats: str
     probe_max_gap_ms: float | None
@@ -722,24 +724,38 @@ class Bench:
             wait_until("the VIP to serve steadily", lambda: probe.steady(0.5, False), READY_TIMEOUT)
             c0, t0 = cpu_seconds(proxy.proc.pid), time.monotonic()
             wrk = self.start_wrk(seconds)
-            held = samples = 0
+            held = nobody = samples = 0
+            timeline: list[str] = []
+            found = dict.fromkeys(logs, 0)
+
+            def sample() -> None:
+                """Who holds the VIP now, and the transitions logged since the last look (timed to 50 ms)."""
+                nonlocal held, nobody, samples
+                on1, on2 = self.lab.holds("lb1", VIP), self.lab.holds("lb2", VIP)
+                samples, held, nobody = samples + 1, held + on2, nobody + (not on1 and not on2)
+                for h, p in logs.items():
+                    seen = re.findall(pattern, p.output()[offsets[h]:])
+                    timeline.extend(f"+{time.monotonic() - t0:.1f} s {h}: {t}" for t in seen[found[h]:])
+                    found[h] = len(seen)
+
             deadline = t0 + seconds + 10
             while wrk.alive() and time.monotonic() < deadline:
-                samples += 1
-                held += self.lab.holds("lb2", VIP)
+                sample()
                 time.sleep(0.05)
             c1, t1 = cpu_seconds(proxy.proc.pid), time.monotonic()
             rps = self.finish_wrk(wrk, 0)
             while time.monotonic() < t1 + 1.0:  # and the second after the load stops (64 connections close)
-                samples += 1
-                held += self.lab.holds("lb2", VIP)
+                sample()
                 time.sleep(0.05)
+            sample()
         finally:
             probe_samples = probe.stop()
         window = [(s, ok) for s, ok in probe_samples if t0 + 0.5 <= s <= t1 - PROBE_TIMEOUT_LOADED]
         ok = [s for s, success in window if success]
         gap = max((b - a for a, b in zip(ok, ok[1:])), default=None)
-        transitions = [f"{h}: {t}" for h, p in logs.items() for t in re.findall(pattern, p.output()[offsets[h]:])]
+        transitions = timeline + [f"{h}: {t}" for h, p in logs.items()
+                                  for t in re.findall(pattern, p.output()[offsets[h]:])[found[h]:]]  # fmt: skip
+        roles_after = "n/a"
         if config == C_TUNED:
             seen = {h: len(p.output()) for h, p in logs.items()}
             after = {h: self.status(n) for h, n in nodes.items()}
@@ -747,6 +763,7 @@ class Bench:
                             for t in re.findall(pattern, p.output()[seen[h]:])]  # fmt: skip
             takeovers = " ".join(f"{h} {before[h]['takeovers'] if before[h] else '?'}->{after[h]['takeovers'] if after[h] else '?'}"
                                  for h in nodes)  # fmt: skip
+            roles_after = ", ".join(f"{h} {after[h]['role'] if after[h] else '?'}" for h in nodes)
             late = " ".join(f"{h} {before[h]['late_heartbeats'] if before[h] else '?'}->{after[h]['late_heartbeats'] if after[h] else '?'}"
                             for h in nodes)  # fmt: skip
             if all(before.values()) and all(after.values()):
@@ -755,8 +772,8 @@ class Bench:
                     transitions.append(f"takeovers rose by {rose}")
         else:
             takeovers, late = "n/a", "n/a"
-        result = LoadResult(config, t1 - t0, (c1 - c0) / (t1 - t0) * 100, rps, held, samples, transitions,
-                            takeovers, late, None if gap is None else gap * 1000,
+        result = LoadResult(config, t1 - t0, (c1 - c0) / (t1 - t0) * 100, rps, held, nobody, samples, transitions,
+                            roles_after, takeovers, late, None if gap is None else gap * 1000,
                             sum(1 for _, success in window if not success), len(window))  # fmt: skip
         self.loads.append(result)
         print(f"  load {config}: proxy CPU {result.proxy_cpu_pct:.0f}%, {rps} req/s, transitions {transitions}, "
@@ -765,6 +782,10 @@ class Bench:
 
 
 # --- the report -----------------------------------------------------------------------------------------
+
+
+def seconds_text(bench: Bench) -> str:
+    return "/".join(sorted({f"{r.seconds:.0f} s" for r in bench.loads})) or "-"
 
 
 def fmt_ms(x: float) -> str:
@@ -843,18 +864,23 @@ def report(bench: Bench, args: argparse.Namespace, header: list[str], elapsed: f
     target("planned failover, hapair default, outage < 50 ms", (F_PLANNED, C_DEFAULT), 50)
     target("planned failover, hapair tuned, outage < 50 ms", (F_PLANNED, C_TUNED), 50)
     tuned_load = [r for r in bench.loads if r.config == C_TUNED]
-    false_count = sum(len(r.transitions) + (1 if r.lb2_held_vip and not r.transitions else 0) for r in tuned_load)
-    false_count += len(bench.loaded_prefault)
+    false_loads = sum(1 for r in tuned_load if r.transitions or r.lb2_held_vip)
+    false_count = false_loads + len(bench.loaded_prefault)
+    prefault_loads = len(bench.results.get((F_DIES_LOADED, C_TUNED), [])) + len(bench.loaded_prefault)
     idle_faults = sum(1 for f in bench.start_failures.get(C_TUNED, []) if "-> FAULT" in f and "false failover" not in f)
     lines.append(f"  {'PASS' if false_count == 0 and tuned_load else 'MISS'}  no false failover while the proxy is "
-                 f"saturated (hapair tuned): {false_count} seen (load period and the load before loaded faults); "
+                 f"saturated (hapair tuned): in {false_loads} of {len(tuned_load)} load periods ({seconds_text(bench)}) and "
+                 f"{len(bench.loaded_prefault)} of {prefault_loads} loads before a fault ({LOAD_BEFORE_FAULT:g} s); "
                  f"besides, with no load, {idle_faults} fresh pairs had a node go to FAULT before the fault")  # fmt: skip
     lines.append("")
     lines.append("False failovers, no fault, wrk -t1 -c64 saturating lb1's proxy:")
     for r in bench.loads:
-        lines.append(f"  {r.config}: {r.seconds:.1f} s, lb1 proxy CPU {r.proxy_cpu_pct:.0f}% of a core, wrk {r.requests_per_s} req/s; "
-                     f"lb2 held the VIP in {r.lb2_held_vip}/{r.samples} samples; takeovers {r.takeovers}; "
-                     f"late heartbeats {r.late_heartbeats}; transitions: {'; '.join(r.transitions) or 'none'}")
+        lines.append(f"  {r.config}: {r.seconds:.1f} s, lb1 proxy CPU {r.proxy_cpu_pct:.0f}% of a core, wrk {r.requests_per_s} req/s")
+        lines.append(f"    VIP sampled every 50 ms until 1 s after the load: on lb2 in {r.lb2_held_vip}/{r.samples} samples, "
+                     f"on neither node in {r.nobody_held_vip}; takeovers {r.takeovers}; late heartbeats "
+                     f"{r.late_heartbeats}; roles after: {r.roles_after}")
+        lines.append(f"    transitions: {'none' if not r.transitions else ''}")
+        lines.extend(f"      {t}" for t in r.transitions)
         lines.append(f"    probe (500 ms deadline) during the load: {r.probe_failed}/{r.probe_total} failed, longest gap "
                      f"{'-' if r.probe_max_gap_ms is None else fmt_ms(r.probe_max_gap_ms)} ms")
     if bench.loaded_cpu or bench.results.get((F_DIES_LOADED, C_TUNED)):
