@@ -50,23 +50,25 @@ class ClusterService(service.Service):
         self.local = local
         self.priority = 200 if ha.preferred_master == node.name else 100
         self.timers = Timers(ha.interval, ha.warntime, ha.deadtime, ha.initdead)
-        self.machine = Machine(node.name, self.priority, self.timers, self, reactor, ha.auto_failback)
+        self.machine = Machine(node.name, self.priority, self.timers, self, reactor, ha.auto_failback,
+                               confirm_ping=bool(local.ping_nodes))  # fmt: skip
         # No key: not paired yet. The node then stands alone (claims its VIPs after initdead) and neither
         # sends nor believes heartbeats until pairing gives it the pair's key.
         self.codec = Codec(node.name, local.peer, key) if key else None
         self.vips = VipManager(local.interface)
         self.announcer = Announcer(reactor, local.interface, ha.garp)
-        # The ping verdict must be fresher than the peer-dead verdict, or a node cut off from both would
-        # decide on a stale "reachable": with window deadtime/3 and an echo every window/3, a cut shows
-        # up within 4/9 deadtime, always before the peer is declared dead (more than deadtime/2 later).
-        window = ha.deadtime / 3
-        self.ping = PingMonitor(reactor, local.ping_nodes, window / 3, window, self.machine.ping)
+        # Takeovers confirm the ping node with a fresh echo (confirm_ping below), so the passive verdict
+        # can take its time: it flips only after a sustained silence, never on a busy reactor.
+        window = max(1.0, 3 * ha.deadtime)
+        self.ping = PingMonitor(reactor, local.ping_nodes, max(ha.interval, 0.1), window, self.machine.ping)
+        self.confirm_timeout = max(2 * ha.interval, 0.05)
         self.ports: list[Any] = []
         self.path_seen: list[float | None] = [None] * len(local.paths)
         self.peer_fingerprint: bytes | None = None
         self.history: list[dict[str, Any]] = []
         self.last_drop: str | None = None
         self._hooks: defer.Deferred = defer.succeed(None)
+        self._peer_master_waiters: list[defer.Deferred] = []
         self._sender = task.LoopingCall(self.send_heartbeats)
         self._sender.clock = reactor
         self._health = task.LoopingCall(self.check_health)
@@ -137,6 +139,10 @@ class ClusterService(service.Service):
         if got.fresh:
             self.peer_fingerprint = got.fingerprint
             self.machine.heartbeat(got.beat)
+            if got.beat.role is Role.MASTER and self._peer_master_waiters:
+                waiters, self._peer_master_waiters = self._peer_master_waiters, []
+                for d in waiters:
+                    d.callback(None)
 
     def check_health(self) -> None:
         if not self.vips.link_up():
@@ -167,6 +173,9 @@ class ClusterService(service.Service):
     def announce(self) -> None:
         self.announcer.announce(self.cluster.floating_ips(), self.vips.mac())
 
+    def confirm_ping(self) -> None:
+        self.ping.confirm(self.confirm_timeout, self.machine.ping_confirmed)
+
     def send_release(self) -> None:
         for _ in range(RELEASE_COPIES):
             self.send_heartbeats(releasing=True)
@@ -196,27 +205,27 @@ class ClusterService(service.Service):
     # --- operator -----------------------------------------------------------------------------------
 
     def failover(self, force: bool) -> defer.Deferred:
-        """Hands the VIPs to the peer; fires with what happened once the peer reports master (or not)."""
+        """Hands the VIPs to the peer; fires with what happened once the peer's heartbeat says it is
+        master (or after three deadtimes without that)."""
         started = self.reactor.seconds()
         try:
             done = self.machine.failover(force)
         except FailoverRefused as e:
             return defer.fail(e)
-        deadline = started + 3 * self.timers.deadtime
+        peer = self.local.peer
+        waiter: defer.Deferred = defer.Deferred()
+        self._peer_master_waiters.append(waiter)
+        timer = self.reactor.callLater(3 * self.timers.deadtime, lambda: waiter.called or waiter.callback("late"))
 
-        def check(d: defer.Deferred) -> None:
-            peer = self.machine.peer
-            if self.machine.peer_alive and peer is not None and peer.role is Role.MASTER:
-                ms = (self.reactor.seconds() - started) * 1000
-                d.callback(f"{done}; {peer.node} is master ({ms:.0f} ms)")
-            elif self.reactor.seconds() >= deadline:
-                d.callback(f"{done}; {peer.node if peer else 'the peer'} has not reported master yet")
-            else:
-                self.reactor.callLater(self.timers.interval / 4, check, d)
+        def report(result: Any) -> str:
+            if result == "late":
+                self._peer_master_waiters.remove(waiter)
+                return f"{done}; {peer} has not reported master yet"
+            timer.cancel()
+            ms = (self.reactor.seconds() - started) * 1000
+            return f"{done}; {peer} is master ({ms:.0f} ms)"
 
-        result: defer.Deferred = defer.Deferred()
-        check(result)
-        return result
+        return waiter.addCallback(report)
 
     def apply(self, cluster: ClusterConfig) -> None:
         """A reloaded cluster section: a master moves to the new set of VIPs at once."""

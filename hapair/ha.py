@@ -9,6 +9,9 @@ Rules, after Linux-HA heartbeat and keepalived:
 - A slave takes over when the peer has been silent for deadtime, or at once when the peer sends a
   release (clean stop, operator failover, local fault), but never without reaching its ping node: a
   node that lost its peer *and* its gateway is the one cut off, and taking over would make two masters.
+  Reachability is confirmed at that moment (an echo sent then, answered within a bound), not read from
+  a passive verdict that may be as stale as the silence itself; a failed confirmation is retried every
+  deadtime while the peer stays silent.
 - When neither node is master, the election winner takes over: higher priority, then smaller node id.
 - Two masters that see each other resolve by the same rank: the loser releases, the winner announces
   again so that every neighbour table points at it. Every such episode is recorded.
@@ -72,6 +75,7 @@ class Effects(Protocol):
     def release_vips(self) -> None: ...
     def announce(self) -> None: ...
     def send_release(self) -> None: ...
+    def confirm_ping(self) -> None: ...
     def transition(self, old: Role, new: Role, why: str) -> None: ...
     def note(self, event: str) -> None: ...
 
@@ -107,8 +111,13 @@ class Machine:
         effects: Effects,
         clock: IReactorTime,
         auto_failback: bool = False,
+        confirm_ping: bool = False,
     ):
         self.node, self.priority, self.timers = node, priority, timers
+        #: Ping nodes are configured: takeovers after silence wait for `ping_confirmed`.
+        self.confirm_ping = confirm_ping
+        self._confirming: str | None = None
+        self._withholding = False
         self.effects, self.clock, self.auto_failback = effects, clock, auto_failback
         self.role = Role.INIT
         self.why = "starting"
@@ -142,6 +151,7 @@ class Machine:
 
     def heartbeat(self, beat: PeerBeat) -> None:
         self.peer, self.peer_seen, self.peer_alive = beat, self.clock.seconds(), True
+        self._confirming, self._withholding = None, False
         self._arm("dead", self.timers.deadtime, self._peer_dead)
         self._arm("warn", self.timers.warntime, self._peer_late)
         if beat.releasing:
@@ -166,7 +176,7 @@ class Machine:
                 if (self.auto_failback and beat.role is Role.SLAVE and beat.healthy and beat.ping_ok
                         and not self._outranks(beat)):  # fmt: skip
                     self._release(Role.SLAVE, f"failback to {beat.node}")
-                elif not self.ping_ok and beat.healthy and beat.ping_ok:
+                elif not self.ping_ok and self._peer_can_serve():
                     self._release(Role.FAULT, "ping node unreachable; peer reaches its own")
 
     def local_health(self, healthy: bool, why: str = "") -> None:
@@ -188,9 +198,24 @@ class Machine:
             return
         self.ping_ok = reachable
         if reachable:
+            if self.role is Role.FAULT and self.healthy:
+                self._move(Role.SLAVE, "ping node reachable again")
             self._reconsider()
-        elif self.role is Role.MASTER and self.peer_alive and self.peer.healthy and self.peer.ping_ok:
+        elif self.role is Role.MASTER and self._peer_can_serve():
             self._release(Role.FAULT, "ping node unreachable; peer reaches its own")
+
+    def ping_confirmed(self, reachable: bool) -> None:
+        """The answer to `Effects.confirm_ping`: whether the ping node answered just now."""
+        why, self._confirming = self._confirming, None
+        if why is None or self.peer_alive or self.role not in (Role.INIT, Role.SLAVE) or not self.healthy:
+            return
+        if reachable:
+            self._become_master(why)
+            return
+        if self.role is Role.INIT:
+            self._move(Role.SLAVE, "no peer, and the ping node does not answer")
+        self._withhold("ping node unreachable")
+        self._arm("dead", self.timers.deadtime, self._peer_dead)  # try again while the peer stays silent
 
     def failover(self, force: bool = False) -> str:
         """The operator's planned failover: hand the VIPs to the peer. Returns what was done."""
@@ -218,11 +243,11 @@ class Machine:
         self._timers.pop("initdead", None)
         if self.role is not Role.INIT:
             return
-        if self._can_claim():
-            self._become_master(f"no peer within initdead ({self.timers.initdead:g}s)")
-        else:
-            self._move(Role.SLAVE, "no peer within initdead, but the ping node is unreachable")
-            self.stats.withheld_takeovers += 1
+        if not self._can_claim():
+            self._move(Role.SLAVE, "no peer within initdead, but " + self._blocked())
+            self._withhold(self._blocked())
+            return
+        self._claim_after_silence(f"no peer within initdead ({self.timers.initdead:g}s)")
 
     def _peer_dead(self) -> None:
         self._timers.pop("dead", None)
@@ -232,11 +257,23 @@ class Machine:
             self._end_dual_master()
         if self.role is not Role.SLAVE:
             return
-        if self._can_claim():
-            self._become_master(f"peer silent for deadtime ({self.timers.deadtime:g}s)")
+        if not self._can_claim():
+            self._withhold(self._blocked())
+            return
+        self._claim_after_silence(f"peer silent for deadtime ({self.timers.deadtime:g}s)")
+
+    def _claim_after_silence(self, why: str) -> None:
+        if self.confirm_ping:
+            self._confirming = why
+            self.effects.confirm_ping()
         else:
+            self._become_master(why)
+
+    def _withhold(self, why: str) -> None:
+        if not self._withholding:
+            self._withholding = True
             self.stats.withheld_takeovers += 1
-            self.effects.note("peer lost, but not taking over: " + self._blocked())
+            self.effects.note("peer lost, but not taking over: " + why)
 
     def _peer_late(self) -> None:
         self._timers.pop("warn", None)
@@ -246,6 +283,11 @@ class Machine:
 
     def _can_claim(self) -> bool:
         return self.healthy and self.ping_ok
+
+    def _peer_can_serve(self) -> bool:
+        """Whether the peer, as its last heartbeat described it, could take the VIPs now."""
+        p = self.peer
+        return self.peer_alive and p is not None and p.role is not Role.FAULT and p.healthy and p.ping_ok
 
     def _blocked(self) -> str:
         return "ping node unreachable" if self.healthy else "this node is unhealthy"
@@ -306,6 +348,7 @@ class Machine:
         self.effects.transition(old, role, why)
 
     def _become_master(self, why: str) -> None:
+        self._withholding = False
         self.stats.takeovers += 1
         self.effects.take_vips()
         self.effects.announce()

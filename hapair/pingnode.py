@@ -1,8 +1,10 @@
 """Is the ping node (typically the gateway) reachable? ICMP echo on a raw socket, in the reactor.
 
 A node that has lost its peer must not take over unless it can still reach the network beyond it; this
-answers that. Echoes go out every interval to each ping node; the node counts as reachable while some
-ping node answered within `window` seconds.
+answers that, two ways: `confirm()` sends an echo now and reports whether any ping node answers within
+a bound (what a takeover decision uses: as fresh as it gets), and a passive verdict from echoes every
+interval, reachable while some ping node answered within `window` seconds (for status, and for a master
+deciding whether its own gateway is gone; a long window keeps reactor latency from flapping it).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class PingMonitor:
         self.last_reply: float | None = None
         self.reachable = True
         self.started = 0.0
+        self._confirm: tuple[float, Callable[[bool], None], Any] | None = None
         self._socket: socket.socket | None = None
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = reactor
@@ -73,6 +76,11 @@ class PingMonitor:
             if parse_reply(packet, self.ident):
                 self.last_reply = self.reactor.seconds()
                 self._set(True)
+                if self._confirm is not None:
+                    _, callback, timer = self._confirm
+                    self._confirm = None
+                    timer.cancel()
+                    callback(True)
 
     def connectionLost(self, reason: Any) -> None:
         pass
@@ -87,6 +95,9 @@ class PingMonitor:
         self._loop.start(self.interval, now=True)
 
     def stop(self) -> None:
+        if self._confirm is not None:
+            self._confirm[2].cancel()
+            self._confirm = None
         if self._loop.running:
             self._loop.stop()
         if self._socket is not None:
@@ -94,13 +105,32 @@ class PingMonitor:
             self._socket.close()
             self._socket = None
 
-    def _tick(self) -> None:
+    def confirm(self, timeout: float, callback: Callable[[bool], None]) -> None:
+        """Sends an echo to every ping node now; calls back True on the first answer, else False."""
+        if self._socket is None:
+            callback(True)  # no ping nodes: nothing to confirm
+            return
+        if self._confirm is not None:
+            self._confirm[2].cancel()
+
+        def expired() -> None:
+            pending, self._confirm = self._confirm, None
+            if pending is not None:
+                pending[1](False)
+
+        self._confirm = (self.reactor.seconds(), callback, self.reactor.callLater(timeout, expired))
+        self._send_echoes()
+
+    def _send_echoes(self) -> None:
         self.seq = (self.seq + 1) & 0xFFFF
         for target in self.targets:
             try:
                 self._socket.sendto(echo_request(self.ident, self.seq), (target, 0))
             except OSError:
                 pass  # unreachable network: no reply will come, and that is the answer
+
+    def _tick(self) -> None:
+        self._send_echoes()
         now = self.reactor.seconds()
         heard = self.last_reply if self.last_reply is not None else self.started
         if now - heard > self.window:

@@ -30,6 +30,9 @@ class Recorder:
     def send_release(self):
         self.events.append("send_release")
 
+    def confirm_ping(self):
+        self.events.append("confirm_ping")
+
     def transition(self, old, new, why):
         self.events.append((old.value, new.value))
 
@@ -41,9 +44,9 @@ class Recorder:
         return events
 
 
-def machine(node="lb2", priority=100, auto_failback=False, timers=T):
+def machine(node="lb2", priority=100, auto_failback=False, timers=T, confirm_ping=False):
     clock, rec = task.Clock(), Recorder()
-    m = Machine(node, priority, timers, rec, clock, auto_failback=auto_failback)
+    m = Machine(node, priority, timers, rec, clock, auto_failback=auto_failback, confirm_ping=confirm_ping)
     m.start()
     return m, rec, clock
 
@@ -214,6 +217,64 @@ def test_slave_hearing_a_higher_ranked_slave_waits_for_it():
     assert m.role is Role.SLAVE
 
 
+# --- the ping node confirmed at the moment of takeover ---------------------------------------------
+
+
+def confirming_slave():
+    m, rec, clock = machine(confirm_ping=True)
+    m.heartbeat(beat(Role.MASTER))
+    rec.pop()
+    return m, rec, clock
+
+
+def test_silence_asks_for_a_fresh_ping_before_taking_over():
+    m, rec, clock = confirming_slave()
+    clock.advance(0.7)
+    assert m.role is Role.SLAVE and rec.pop() == ["confirm_ping"]
+    m.ping_confirmed(True)
+    assert m.role is Role.MASTER and rec.pop() == ["take", "announce", ("slave", "master")]
+
+
+def test_an_unanswered_ping_withholds_and_retries_every_deadtime():
+    m, rec, clock = confirming_slave()
+    clock.advance(0.7)
+    m.ping_confirmed(False)
+    assert m.role is Role.SLAVE
+    assert rec.pop() == ["confirm_ping", ("note", "peer lost, but not taking over: ping node unreachable")]
+    clock.advance(0.7)
+    m.ping_confirmed(False)
+    assert rec.pop() == ["confirm_ping"]  # noted once per episode
+    assert m.stats.withheld_takeovers == 1
+    clock.advance(0.7)
+    m.ping_confirmed(True)
+    assert m.role is Role.MASTER
+
+
+def test_a_heartbeat_during_the_confirmation_cancels_the_takeover():
+    m, rec, clock = confirming_slave()
+    clock.advance(0.7)
+    m.heartbeat(beat(Role.MASTER))
+    m.ping_confirmed(True)
+    assert m.role is Role.SLAVE and "take" not in rec.pop()
+
+
+def test_a_starting_node_confirms_its_ping_node_too():
+    m, rec, clock = machine(confirm_ping=True)
+    clock.advance(2)
+    assert m.role is Role.INIT and rec.pop() == ["confirm_ping"]
+    m.ping_confirmed(False)
+    assert m.role is Role.SLAVE and m.stats.withheld_takeovers == 1
+    clock.advance(0.7)
+    m.ping_confirmed(True)
+    assert m.role is Role.MASTER
+
+
+def test_an_unsolicited_confirmation_changes_nothing():
+    m, rec, _ = confirming_slave()
+    m.ping_confirmed(True)
+    assert m.role is Role.SLAVE and rec.pop() == []
+
+
 # --- MASTER: faults, ping, dual master, failback ---------------------------------------------------
 
 
@@ -259,6 +320,29 @@ def test_master_that_loses_its_ping_node_hands_over_only_if_the_peer_reaches_its
     assert m.role is Role.MASTER  # the peer is no better off
     m.heartbeat(beat(Role.SLAVE, ping_ok=True))
     assert m.role is Role.FAULT and "release" in rec.pop()
+
+
+def test_a_fault_from_losing_the_ping_node_clears_when_it_answers_again():
+    m, rec, clock = master()
+    m.heartbeat(beat(Role.SLAVE))
+    m.ping(False)
+    assert m.role is Role.FAULT
+    m.heartbeat(beat(Role.MASTER))
+    rec.pop()
+    m.ping(True)
+    assert m.role is Role.SLAVE and rec.pop() == [("fault", "slave")]
+    # and it can take over again when the peer goes
+    clock.advance(0.7)
+    assert m.role is Role.MASTER
+
+
+def test_a_master_never_hands_over_to_a_peer_in_fault():
+    m, rec, _ = master()
+    m.heartbeat(beat(Role.FAULT, healthy=True, ping_ok=True))  # e.g. a peer whose own ping failed before
+    m.ping(False)
+    assert m.role is Role.MASTER and "release" not in rec.pop()
+    m.heartbeat(beat(Role.FAULT, healthy=True, ping_ok=True))
+    assert m.role is Role.MASTER
 
 
 @pytest.mark.parametrize("winner_priority, loser_priority", [(200, 100), (100, 100)])
