@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from hapair.config import ClusterConfig, NodeConfig
 from hapair.garp import Announcer
 from hapair.ha import FailoverRefused, Machine, Role, Timers
-from hapair.heartbeat import Codec, Dropped
+from hapair.heartbeat import Codec, Dropped, next_epoch
 from hapair.pingnode import PingMonitor
 from hapair.vips import VipManager
 
@@ -54,7 +54,8 @@ class ClusterService(service.Service):
                                confirm_ping=bool(local.ping_nodes))  # fmt: skip
         # No key: not paired yet. The node then stands alone (claims its VIPs after initdead) and neither
         # sends nor believes heartbeats until pairing gives it the pair's key.
-        self.codec = Codec(node.name, local.peer, key) if key else None
+        self.epoch = next_epoch(os.path.join(node.state_dir, "heartbeat.epoch"))
+        self.codec = Codec(node.name, local.peer, key, self.epoch) if key else None
         self.vips = VipManager(local.interface)
         self.announcer = Announcer(reactor, local.interface, ha.garp)
         # Takeovers confirm the ping node with a fresh echo (confirm_ping below), so the passive verdict
@@ -69,12 +70,27 @@ class ClusterService(service.Service):
         self.last_drop: str | None = None
         self._hooks: defer.Deferred = defer.succeed(None)
         self._peer_master_waiters: list[defer.Deferred] = []
-        self._sender = task.LoopingCall(self.send_heartbeats)
-        self._sender.clock = reactor
-        self._health = task.LoopingCall(self.check_health)
-        self._health.clock = reactor
-        self._renew = task.LoopingCall(self._renew_vips)
-        self._renew.clock = reactor
+        #: Why the VIPs could not be added, if they could not: this node cannot serve until that changes.
+        self._vip_error: str | None = None
+        self._sender = self._loop(self.send_heartbeats)
+        self._health = self._loop(self.check_health)
+        self._renew = self._loop(self._renew_vips)
+        #: Called when this node becomes master (replication settles pending conflicts then).
+        self.on_master: Any = None
+
+    def _loop(self, fn: Any) -> task.LoopingCall:
+        """A LoopingCall whose body logs its errors instead of dying of them: a netlink hiccup must not
+        stop heartbeats, health checks or VIP renewal for good."""
+
+        def guarded() -> None:
+            try:
+                fn()
+            except Exception:
+                log.failure("{fn} failed; trying again next interval", fn=fn.__name__)
+
+        loop = task.LoopingCall(guarded)
+        loop.clock = self.reactor
+        return loop
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -112,7 +128,7 @@ class ClusterService(service.Service):
     # --- heartbeats ---------------------------------------------------------------------------------
 
     def set_key(self, key: bytes | None) -> None:
-        self.codec = Codec(self.node.name, self.local.peer, key) if key else None
+        self.codec = Codec(self.node.name, self.local.peer, key, self.epoch) if key else None
 
     def send_heartbeats(self, releasing: bool = False) -> None:
         if self.codec is None:
@@ -145,7 +161,11 @@ class ClusterService(service.Service):
                     d.callback(None)
 
     def check_health(self) -> None:
-        if not self.vips.link_up():
+        if self.machine.role is not Role.MASTER:
+            self._vip_error = None  # it mattered only while master; a later takeover tries again
+        if self._vip_error is not None:
+            self.machine.local_health(False, self._vip_error)
+        elif not self.vips.link_up():
             self.machine.local_health(False, f"interface {self.local.interface} is down")
         elif not self.proxy.running:
             self.machine.local_health(False, "the proxy is not running")
@@ -155,7 +175,16 @@ class ClusterService(service.Service):
     # --- what the machine decides (hapair.ha.Effects) -----------------------------------------------
 
     def take_vips(self) -> None:
-        added = self.vips.add(self.cluster.floating_ips(), lease=VIP_LEASE)
+        try:
+            added = self.vips.add(self.cluster.floating_ips(), lease=VIP_LEASE)
+        except OSError as e:
+            # The machine goes on as master; the next health check reports the fault, which releases
+            # (and tells the peer) from a clean state rather than from inside this transition.
+            self._vip_error = f"cannot add the VIPs to {self.local.interface}: {e}"
+            log.error("{why}", why=self._vip_error)
+            self.reactor.callLater(0, self.check_health)
+            return
+        self._vip_error = None
         log.info("took VIPs {vips}", vips=", ".join(map(str, added)) or "(already held)")
         if not self._renew.running:
             self._renew.start(self.timers.interval, now=False)
@@ -167,11 +196,18 @@ class ClusterService(service.Service):
         if self._renew.running:
             self._renew.stop()
         self.announcer.cancel()
-        removed = self.vips.remove(self.cluster.floating_ips())
+        try:
+            removed = self.vips.remove(self.cluster.floating_ips())
+        except OSError as e:  # e.g. the interface is gone, and the addresses with it
+            log.warn("releasing VIPs: {e}", e=e)
+            removed = []
         log.info("released VIPs {vips}", vips=", ".join(map(str, removed)) or "(none held)")
 
     def announce(self) -> None:
-        self.announcer.announce(self.cluster.floating_ips(), self.vips.mac())
+        try:
+            self.announcer.announce(self.cluster.floating_ips(), self.vips.mac())
+        except OSError as e:
+            log.error("cannot announce the VIPs on {i}: {e}", i=self.local.interface, e=e)
 
     def confirm_ping(self) -> None:
         self.ping.confirm(self.confirm_timeout, self.machine.ping_confirmed)
@@ -187,6 +223,8 @@ class ClusterService(service.Service):
         if self.running:
             self.send_heartbeats()
         self._run_hooks(old, new)
+        if new is Role.MASTER and self.on_master is not None:
+            self.on_master()
 
     def note(self, event: str) -> None:
         log.warn("{event}", event=event)
@@ -196,11 +234,12 @@ class ClusterService(service.Service):
                "HAPAIR_VIPS": " ".join(map(str, self.cluster.floating_ips())), "HAPAIR_NODE": self.node.name}  # fmt: skip
         for hook in self.local.hooks:
             def run(_: Any, hook: str = hook) -> defer.Deferred:
-                d = getProcessValue("/bin/sh", ["-c", hook], env=env, reactor=self.reactor)
+                # One hook's failure is logged and never stops the hooks after it.
+                d = defer.maybeDeferred(getProcessValue, "/bin/sh", ["-c", hook], env=env, reactor=self.reactor)
                 d.addCallback(lambda code: code and log.warn("hook {hook!r} exited {code}", hook=hook, code=code))
                 return d.addErrback(lambda f: log.failure("hook {hook!r} failed", f, hook=hook))
 
-            self._hooks.addCallback(run)
+            self._hooks.addBoth(run)
 
     # --- operator -----------------------------------------------------------------------------------
 
@@ -240,6 +279,12 @@ class ClusterService(service.Service):
 
     # --- status -------------------------------------------------------------------------------------
 
+    def _held(self) -> set[str]:
+        try:
+            return self.vips.held()
+        except OSError:
+            return set()
+
     def status(self) -> dict[str, Any]:
         m, now = self.machine, self.reactor.seconds()
         floating = {str(ip) for ip in self.cluster.floating_ips()}
@@ -261,7 +306,7 @@ class ClusterService(service.Service):
                 for p, seen in zip(self.local.paths, self.path_seen)
             ],  # fmt: skip
             "vips": sorted(floating),
-            "vips_held": sorted(self.vips.held() & floating),
+            "vips_held": sorted(self._held() & floating),
             "garps_sent": self.announcer.sent,
             "paired": self.codec is not None,
             "heartbeats_dropped": dict(self.codec.dropped) if self.codec else {},

@@ -331,11 +331,20 @@ class _Reader:
             interface=self.field(items, node, path, "interface", self.text),
             paths=self.field(items, node, path, "paths", lambda n: self.heartbeat_paths(n, f"{path}.paths")),
             key_file=self.field(items, node, path, "key_file", self.text),
-            ping_nodes=self.field(items, node, path, "ping_nodes", lambda n: tuple(self.ip(i) for i in self.sequence(n)), ()),
+            ping_nodes=self.field(items, node, path, "ping_nodes", self.ping_nodes, ()),
             hooks=self.field(items, node, path, "hooks", lambda n: tuple(self.text(i) for i in self.sequence(n)), ()),
             admin_password_file=self.field(items, node, path, "admin_password_file", self.text, None),
         )
         return _BAD if _BAD in values.values() else NodeHA(**values)
+
+    def ping_nodes(self, node: Node) -> tuple[IPAddress, ...]:
+        result = []
+        for item in self.sequence(node):
+            ip = self.ip(item)
+            if ip.version != 4:
+                raise _Invalid(f"{ip}: ping nodes must be IPv4 addresses (ICMPv6 echo is not supported yet)", item)
+            result.append(ip)
+        return tuple(result)
 
     def heartbeat_paths(self, node: Node, path: str) -> tuple[HeartbeatPath, ...]:
         result = []

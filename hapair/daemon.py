@@ -37,6 +37,7 @@ class Daemon:
             self.cluster = ClusterService(config.node, config.cluster, self.proxy, reactor, key)
             self.replication = ReplicationService(self, reactor, config.node.ha.admin_password_file)
             self.proxy.on_persist = self.replication.persistence_recorded
+            self.cluster.on_master = self.replication.became_master
         self.control = control.ControlService(config.node.control_socket, self, reactor)
         # Started in this order, stopped in reverse: the cluster manager releases the VIPs (and tells
         # the peer) before the proxy closes its listeners.
@@ -97,6 +98,9 @@ class Daemon:
     def unpair(self) -> defer.Deferred:
         if self.replication is None or self.replication.pin is None:
             raise control.PairingError("this node is not paired")
+        if self.cluster.machine.peer_alive:
+            raise control.PairingError(f"{self.config.node.ha.peer} is still running: unpaired, both nodes would "
+                                       "claim the VIPs; stop it first")  # fmt: skip
         return self.replication.unpair()
 
     def set_heartbeat_key(self, key: bytes | None) -> None:
@@ -123,6 +127,11 @@ class Daemon:
         return self.proxy.apply(new.cluster).addCallback(applied)
 
     def reload(self) -> defer.Deferred:
+        if self.replication is not None:  # one configuration change at a time, with the peer's pushes
+            return self.replication.apply_lock.run(self._reload)
+        return defer.maybeDeferred(self._reload)
+
+    def _reload(self) -> defer.Deferred:
         try:
             new = configfile.load(self.config_path)
         except configfile.ConfigError as e:
@@ -130,6 +139,11 @@ class Daemon:
             raise control.ConfigInvalidError(str(e))
         if new.node != self.config.node:
             log.warn("node section changed: it takes effect at the next restart")
+        if new.cluster.ha != self.config.cluster.ha:
+            why = ("cluster.ha changed: the pair's timers and heartbeat port must change on both nodes at once; "
+                   "edit both files and restart both daemons")  # fmt: skip
+            log.error("reload refused: {why}", why=why)
+            raise control.ConfigInvalidError(why)
         if (self.replication is not None and self.replication.pin is not None and not self.replication.is_master()
                 and new.cluster != self.config.cluster):  # fmt: skip
             why = (f"this node is the slave: change the cluster section on the master ({self.config.node.ha.peer}); "
@@ -193,7 +207,11 @@ def run(config_path: str) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", stopping)
 
     def on_hup(signum: int, frame: object) -> None:
-        reactor.callFromThread(lambda: daemon.reload().addErrback(lambda f: None))
+        def reload() -> None:
+            d = defer.maybeDeferred(daemon.reload)
+            d.addErrback(lambda f: log.error("reload on SIGHUP failed: {why}", why=f.getErrorMessage()))
+
+        reactor.callFromThread(reload)
 
     signal.signal(signal.SIGHUP, on_hup)
     log.info("hapair node {name} running (pid {pid})", name=config.node.name, pid=os.getpid())

@@ -226,6 +226,9 @@ class Machine:
                 raise FailoverRefused("the peer is not answering heartbeats (use --force to release anyway)")
             if not (self.peer.healthy and self.peer.ping_ok) or self.peer.role is Role.FAULT:
                 raise FailoverRefused(f"the peer {self.peer.node} is unhealthy (use --force to release anyway)")
+            if self.auto_failback and self._outranks(self.peer):
+                raise FailoverRefused(f"auto_failback is on and this node outranks {self.peer.node}: it would hand "
+                                      "the VIPs straight back (use --force to release anyway)")  # fmt: skip
         self._yield_until = self.clock.seconds() + self.timers.initdead
         self._release(Role.SLAVE, "operator failover")
         return f"released the VIPs to {self.peer.node if self.peer else 'the peer'}"
@@ -357,5 +360,5 @@ class Machine:
     def _release(self, role: Role, why: str) -> None:
         self.stats.releases += 1
         self.effects.release_vips()
+        self._move(role, why)  # first, so the release message carries the role this node now has
         self.effects.send_release()
-        self._move(role, why)

@@ -122,6 +122,21 @@ class Codec:
         return Received(beat, fingerprint, epoch, seq)
 
 
+def next_epoch(path: str) -> int:
+    """A boot epoch above every earlier one of this node, even if the clock stepped back: the peer drops
+    anything that does not raise (epoch, seq), so a lower epoch would make this node unheard."""
+    try:
+        with open(path, encoding="ascii") as f:
+            previous = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        previous = 0
+    epoch = max(time.time_ns(), previous + 1)
+    from replication.store import write_atomic
+
+    write_atomic(path, str(epoch).encode())
+    return epoch
+
+
 def read_key(path: str) -> bytes:
     """The pair's heartbeat key from a file: hex, at least 16 bytes once decoded."""
     with open(path, encoding="ascii") as f:

@@ -34,15 +34,15 @@ def echo_request(ident: int, seq: int) -> bytes:
     return struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
 
 
-def parse_reply(packet: bytes, ident: int) -> bool:
-    """Whether an IPv4 packet from a raw ICMP socket is an echo reply to us."""
+def parse_reply(packet: bytes, ident: int) -> int | None:
+    """The sequence number of an echo reply to us in an IPv4 packet from a raw ICMP socket, or None."""
     if len(packet) < 20:
-        return False
+        return None
     ihl = (packet[0] & 0x0F) * 4
     if len(packet) < ihl + 8:
-        return False
-    kind, _, _, reply_id, _ = struct.unpack_from("!BBHHH", packet, ihl)
-    return kind == 0 and reply_id == ident
+        return None
+    kind, _, _, reply_id, seq = struct.unpack_from("!BBHHH", packet, ihl)
+    return seq if kind == 0 and reply_id == ident else None
 
 
 class PingMonitor:
@@ -55,7 +55,7 @@ class PingMonitor:
         self.last_reply: float | None = None
         self.reachable = True
         self.started = 0.0
-        self._confirm: tuple[float, Callable[[bool], None], Any] | None = None
+        self._confirm: tuple[int, Callable[[bool], None], Any] | None = None
         self._socket: socket.socket | None = None
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = reactor
@@ -68,19 +68,24 @@ class PingMonitor:
         return "PingMonitor"
 
     def doRead(self) -> None:
+        if self._socket is None:
+            return
         while True:
             try:
                 packet = self._socket.recv(2048)
             except (BlockingIOError, OSError):
                 return
-            if parse_reply(packet, self.ident):
-                self.last_reply = self.reactor.seconds()
-                self._set(True)
-                if self._confirm is not None:
-                    _, callback, timer = self._confirm
-                    self._confirm = None
-                    timer.cancel()
-                    callback(True)
+            seq = parse_reply(packet, self.ident)
+            if seq is None:
+                continue
+            self.last_reply = self.reactor.seconds()
+            self._set(True)
+            # A confirmation wants an answer to the echo it sent, not one that was already queued.
+            if self._confirm is not None and seq == self._confirm[0]:
+                _, callback, timer = self._confirm
+                self._confirm = None
+                timer.cancel()
+                callback(True)
 
     def connectionLost(self, reason: Any) -> None:
         pass
@@ -118,8 +123,8 @@ class PingMonitor:
             if pending is not None:
                 pending[1](False)
 
-        self._confirm = (self.reactor.seconds(), callback, self.reactor.callLater(timeout, expired))
         self._send_echoes()
+        self._confirm = (self.seq, callback, self.reactor.callLater(timeout, expired))
 
     def _send_echoes(self) -> None:
         self.seq = (self.seq + 1) & 0xFFFF

@@ -72,15 +72,18 @@ class PersistenceTable:
                 yield source, server, expires - now
 
     def restore(self, source: str, server: str, remaining: float) -> None:
-        """Adds an entry with the lifetime a peer reported, keeping the table ordered by expiry."""
-        if remaining <= 0:
-            return
-        expires = self._clock.seconds() + min(remaining, self.timeout)
-        self._entries[source] = (server, expires)
-        # Entries from a peer can be older than ours: walk back to keep expiry order.
-        keys = list(self._entries)
-        if len(keys) > 1 and self._entries[keys[-2]][1] > expires:
-            items = sorted(self._entries.items(), key=lambda kv: kv[1][1])
-            self._entries = OrderedDict(items)
+        self.restore_many([(source, server, remaining)])
+
+    def restore_many(self, entries: list[tuple[str, str, float]]) -> None:
+        """Adds entries with the lifetimes a peer reported (never longer than this table's timeout),
+        keeping the table ordered by expiry: one sort for the whole batch, not one per entry."""
+        now, entries_ = self._clock.seconds(), self._entries
+        added = False
+        for source, server, remaining in entries:
+            if remaining > 0:
+                entries_[source] = (server, now + min(remaining, self.timeout))
+                added = True
+        if added:
+            self._entries = OrderedDict(sorted(entries_.items(), key=lambda kv: kv[1][1]))
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)

@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 
 log = Logger(namespace="hapair.replication")
 
-#: Bytes one AMP box may take before the connection is dropped (a replicated config is far smaller).
+#: Bytes one AMP box may take before the connection is dropped (a replicated config is far smaller);
+#: a peer that has not shown the pinned certificate gets only enough for the pairing commands.
 MAX_BOX = 8 * 1024 * 1024
+MAX_BOX_UNVERIFIED = 64 * 1024
 
 
 class NotPairedError(Exception):
@@ -142,8 +144,9 @@ class PeerProtocol(amp.AMP):
 
     def dataReceived(self, data: bytes) -> None:
         self._box_bytes += len(data)
-        if self._box_bytes > MAX_BOX:
-            log.warn("dropped {peer}: a message over {n} bytes", peer=self.peer_address(), n=MAX_BOX)
+        limit = MAX_BOX if self.verified else MAX_BOX_UNVERIFIED
+        if self._box_bytes > limit:
+            log.warn("dropped {peer}: a message over {n} bytes", peer=self.peer_address(), n=limit)
             self.transport.abortConnection()
             return
         super().dataReceived(data)
@@ -161,7 +164,8 @@ class PeerProtocol(amp.AMP):
         return getattr(peer, "host", str(peer))
 
     def _require_pinned(self) -> None:
-        if not self.verified:
+        # Checked again on every command: unpairing (or pairing anew) revokes an open connection too.
+        if not (self.verified and self.service.is_pinned(self.peer_fingerprint)):
             raise NotPairedError("this node is not paired with you")
 
     # --- pairing ------------------------------------------------------------------------------------

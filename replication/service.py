@@ -14,7 +14,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import internet, service
-from twisted.internet import defer, endpoints, protocol, task
+from twisted.internet import defer, endpoints, protocol, task, threads
 from twisted.logger import Logger
 
 from hapair import configfile
@@ -45,6 +45,9 @@ log = Logger(namespace="hapair.replication")
 PORT = 7694
 PERSIST_FLUSH = 0.1
 SNAPSHOT_EVERY = 30.0
+#: Persistence entries per message: a large table goes in bounded pieces.
+SNAPSHOT_CHUNK = 20_000
+PAIRING_TIMEOUT = 20.0
 
 
 class ReplicationService(service.Service):
@@ -60,6 +63,8 @@ class ReplicationService(service.Service):
         self.pin = ident.load_pin(self.state_dir)
         self.state_path = os.path.join(self.state_dir, "replication.json")
         self.backoff = ident.Backoff()
+        #: One configuration change at a time (a reload here, a push from the peer, a fetch).
+        self.apply_lock = defer.DeferredLock()
         self.outgoing: PeerProtocol | None = None
         self.peer_version: Versioned | None = None
         self.sync = "not paired" if self.pin is None else "connecting"
@@ -238,6 +243,12 @@ class ReplicationService(service.Service):
         if not isinstance(doc, dict) or digest(doc) != digest_:
             log.warn("refused a configuration from {peer}: digest mismatch", peer=self.peer_name)
             return defer.fail(PushRefusedError("the document does not match its digest"))
+        return self.apply_lock.run(self._apply, offered, doc)
+
+    def _apply(self, offered: Versioned, doc: dict) -> defer.Deferred:
+        version = offered.version
+        if judge(self.version, offered) is not Verdict.APPLY:  # another change got there first
+            return defer.succeed({"verdict": "already had", "detail": ""})
         try:
             new_text, new_config = prepare(self.daemon.config_path, doc)
         except configfile.ConfigError as e:
@@ -248,7 +259,10 @@ class ReplicationService(service.Service):
         d = defer.maybeDeferred(self.daemon.apply_replicated, new_config)
 
         def applied(_: Any) -> dict:
-            commit(self.daemon.config_path, new_text, self.state_path, offered, self.peer_name)
+            try:
+                commit(self.daemon.config_path, new_text, self.state_path, offered, self.peer_name)
+            except OSError as e:
+                raise PushRefusedError(f"applied version {version} but could not save it: {e}") from e
             self.version = self.peer_version = offered
             self.sync = "in sync"
             self.last_error = None
@@ -256,6 +270,8 @@ class ReplicationService(service.Service):
             return {"verdict": "applied", "detail": ""}
 
         def refused(failure: Any) -> None:
+            if failure.check(PushRefusedError):
+                return failure
             self.last_error = f"refused version {version}: {failure.getErrorMessage()}"
             log.error("could not apply version {v}, still running version {mine}: {why}", v=version,
                       mine=self.version.version, why=failure.getErrorMessage())  # fmt: skip
@@ -281,18 +297,31 @@ class ReplicationService(service.Service):
         for label, pool in self.daemon.proxy.pools.items():
             if pool.persistence is not None:
                 entries += [[label, src, srv, left] for src, srv, left in pool.persistence.entries()]
-            admin += [[label, s.label, s.admin.value] for s in pool.servers.values() if s.admin is not s.config.state]
-        self.outgoing.callRemote(Persist, entries=entries, admin=admin).addErrback(self._failed, "snapshot")
+            # Every server's state, online included: a server brought back online must come back on the
+            # slave too.
+            admin += [[label, s.label, s.admin.value] for s in pool.servers.values()]
+        chunks = [entries[i : i + SNAPSHOT_CHUNK] for i in range(0, len(entries), SNAPSHOT_CHUNK)] or [[]]
+        for i, chunk in enumerate(chunks):
+            d = self.outgoing.callRemote(Persist, entries=chunk, admin=admin if i == 0 else [])
+            d.addErrback(self._failed, "snapshot")
 
     def admin_changed(self) -> None:
         self._send_snapshot()
 
+    def became_master(self) -> None:
+        """Offer again: a conflict both nodes left to 'the master' while neither was one is settled now."""
+        if self.outgoing is not None and self.sync.startswith("pending"):
+            self.handshake(self.outgoing)
+
     def persisted(self, entries: list, admin: list) -> None:
         pools = self.daemon.proxy.pools
+        batches: dict[str, list[tuple[str, str, float]]] = {}
         for service_label, source, server, remaining in entries:
             pool = pools.get(service_label)
             if pool is not None and pool.persistence is not None and server in pool.servers:
-                pool.persistence.restore(str(source), str(server), float(remaining))
+                batches.setdefault(service_label, []).append((str(source), str(server), float(remaining)))
+        for service_label, batch in batches.items():
+            pools[service_label].persistence.restore_many(batch)
         for service_label, server, state in admin:
             pool = pools.get(service_label)
             if pool is not None and server in pool.servers:
@@ -310,9 +339,15 @@ class ReplicationService(service.Service):
                 PeerProtocol.handshakeCompleted(inner)
                 handshaken.callback(inner)
 
+            def connectionLost(inner, reason: Any) -> None:
+                PeerProtocol.connectionLost(inner, reason)
+                if not handshaken.called:  # the TLS handshake failed
+                    handshaken.errback(reason)
+
         factory = protocol.Factory.forProtocol(lambda: Pairing(self, outgoing=None))
         d = endpoint.connect(factory).addCallback(lambda _: handshaken)
-        return d.addCallback(self._pair_as_client, password)
+        d.addCallback(self._pair_as_client, password)
+        return d.addTimeout(PAIRING_TIMEOUT, self.reactor)
 
     @defer.inlineCallbacks
     def _pair_as_client(self, proto: PeerProtocol, password: bytes) -> Any:
@@ -323,7 +358,7 @@ class ReplicationService(service.Service):
                 raise PairingRefusedError(f"that node is {hello['node']!r}, but this node's peer is {self.peer_name!r}")
             script = ident.transcript(self.node, hello["node"], nonce_c, hello["nonce"], self.identity.fingerprint,
                                       proto.peer_fingerprint)  # fmt: skip
-            key = ident.derive(password, hello["salt"])
+            key = yield threads.deferToThread(ident.derive, password, hello["salt"])
             answer = yield proto.callRemote(PairProve, proof=ident.proof(key, b"client", script))
             if answer["proof"] != ident.proof(key, b"server", script):
                 raise PairingRefusedError("the peer could not prove it knows the password")
@@ -343,12 +378,17 @@ class ReplicationService(service.Service):
         proto.pairing = {"node": node, "nonce_c": nonce, "nonce_s": os.urandom(16), "salt": os.urandom(16)}
         return {"node": self.node, "salt": proto.pairing["salt"], "nonce": proto.pairing["nonce_s"]}
 
-    def pair_prove(self, proto: PeerProtocol, proof: bytes) -> dict:
+    def pair_prove(self, proto: PeerProtocol, proof: bytes) -> defer.Deferred:
         p, source, now = proto.pairing, proto.peer_address(), self.reactor.seconds()
         if not p or self.backoff.wait(source, now) > 0:
             raise PairingRefusedError("say hello first" if not p else "too many failed attempts")
         password = self._password()
-        key = ident.derive(password, p["salt"])
+        # PBKDF2 takes tens of milliseconds: off the reactor, so heartbeats are not held up.
+        d = threads.deferToThread(ident.derive, password, p["salt"])
+        return d.addCallback(self._check_proof, proto, proof, source, now)
+
+    def _check_proof(self, key: bytes, proto: PeerProtocol, proof: bytes, source: str, now: float) -> dict:
+        p = proto.pairing
         script = ident.transcript(p["node"], self.node, p["nonce_c"], p["nonce_s"], proto.peer_fingerprint,
                                   self.identity.fingerprint)  # fmt: skip
         if proof != ident.proof(key, b"client", script):
@@ -373,9 +413,12 @@ class ReplicationService(service.Service):
             raise PairingRefusedError(f"{self.node} has no admin password set (node.admin_password_file)")
         try:
             with open(self.password_file, "rb") as f:
-                return f.read().strip()
+                password = f.read().strip()
         except OSError as e:
-            raise PairingRefusedError(f"{self.node} cannot read its admin password: {e.strerror}")
+            raise PairingRefusedError(f"{self.node} cannot read its admin password: {e.strerror}") from e
+        if len(password) < 4:
+            raise PairingRefusedError(f"{self.node}'s admin password is empty or too short: pairing is off")
+        return password
 
     def _paired(self, peer_cert_pem: bytes, heartbeat_key: bytes) -> None:
         ident.save_pin(self.state_dir, peer_cert_pem)

@@ -18,16 +18,19 @@ from hapair.config import Config
 from replication.document import Versioned
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Replaces `path` (the file a symlink points to, not the link) whole; a new file gets `mode`."""
+    import tempfile
+
+    path = os.path.realpath(path)
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        if os.path.exists(path):
-            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

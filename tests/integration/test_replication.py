@@ -17,7 +17,7 @@ from hapair.lab import HOSTS, VIP, pair_config
 from replication.identity import ensure_identity
 from replication.service import PORT
 from tests.integration.conftest import Node, greeting
-from tests.integration.test_failover import wait_for
+from tests.integration.test_failover import points_at, wait_for
 
 
 def edit(path: str, change) -> None:
@@ -120,6 +120,10 @@ def test_a_paired_slave_refuses_local_cluster_changes(lab, nodes):
     edit(lb2.config, lambda d: d["cluster"]["virtual_services"].pop())
     result = lb2.cli("reload")
     assert result.returncode == 1 and "change the cluster section on the master (lb1)" in result.stderr
+    # HA timers and port must change on both nodes at once: even the master refuses them on reload.
+    edit(lb1.config, lambda d: d["cluster"]["ha"].update(interval="100ms"))
+    result = lb1.cli("reload")
+    assert result.returncode == 1 and "restart both daemons" in result.stderr
 
 
 def test_a_slave_that_was_down_catches_up(lab, nodes):
@@ -166,13 +170,16 @@ def test_persistence_and_drain_survive_a_failover(lab, nodes, client):
     stuck = {src: client(greeting, VIP, 135, src).split()[0] for src in sources}
     assert set(stuck.values()) == {"CAS1", "CAS2"}
     assert lb1.cli("drain", "CAS1", "--vip", "CAS-RPC").returncode == 0
+    assert lb1.cli("halt", "CAS1", "--vip", "CAS-WEB").returncode == 0
+    assert lb1.cli("online", "CAS1", "--vip", "CAS-WEB").returncode == 0  # back online must replicate too
     time.sleep(0.5)  # one persistence flush (100 ms) and the admin snapshot
     lb1.proc.stop(9)
     wait_for(lambda: lab.holds("lb2", VIP), 3, "lb2 takes over")
+    points_at(lab, "lb2")  # until the GARP lands, the dead lb1's kernel would answer with a reset
     after = {src: client(greeting, VIP, 135, src).split()[0] for src in sources}
     assert after == stuck  # every client on the same real server, through the other node
-    servers = {s["label"]: s for s in next(vs for vs in lb2.status()["virtual_services"] if vs["label"] == "CAS-RPC")["servers"]}
-    assert servers["CAS1"]["admin"] == "drain"
+    services = {vs["label"]: {s["label"]: s["admin"] for s in vs["servers"]} for vs in lb2.status()["virtual_services"]}
+    assert services["CAS-RPC"]["CAS1"] == "drain" and services["CAS-WEB"]["CAS1"] == "online"
     assert client(greeting, VIP, 135, "198.18.0.120").split()[0] == "CAS2"  # new clients avoid the drained one
 
 

@@ -305,3 +305,11 @@ def test_http_path_must_be_absolute():
 def test_every_problem_is_reported_at_once():
     text = GOOD.replace("198.18.0.10", "x").replace("[80, 443]", "[0]").replace("ip: 198.18.0.20", "ip: y")
     assert len(problems(text)) == 3
+
+
+def test_ipv6_ping_nodes_are_refused_rather_than_silently_ignored(tmp_path):
+    from hapair.lab import pair_config
+
+    text = pair_config("lb1", str(tmp_path), lambda d: d["node"]["ha"].update(ping_nodes=["2001:db8::1"]))
+    p = one_problem(text)
+    assert p.key == "node.ha.ping_nodes" and "must be IPv4" in p.message

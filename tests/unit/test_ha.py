@@ -289,7 +289,7 @@ def test_master_with_a_local_fault_releases_and_tells_the_peer():
     m, rec, _ = master()
     m.local_health(False, "interface eth0 down")
     assert m.role is Role.FAULT
-    assert rec.pop() == ["release", "send_release", ("master", "fault")]
+    assert rec.pop() == ["release", ("master", "fault"), "send_release"]
     assert m.why == "interface eth0 down"
 
 
@@ -354,8 +354,8 @@ def test_dual_master_is_resolved_by_rank(winner_priority, loser_priority):
     lb2.heartbeat(beat(Role.MASTER, node="lb1", priority=winner_priority))
     assert lb1.role is Role.MASTER and lb2.role is Role.SLAVE
     assert rec1.pop() == [("note", "dual master with lb2; lb1 keeps the VIPs"), "announce"]
-    assert rec2.pop() == [("note", "dual master with lb1; lb1 keeps the VIPs"), "release", "send_release",
-                          ("master", "slave")]  # fmt: skip
+    assert rec2.pop() == [("note", "dual master with lb1; lb1 keeps the VIPs"), "release", ("master", "slave"),
+                          "send_release"]  # fmt: skip
     assert lb2.stats.dual_masters[0].ended is not None
     # The winner's episode ends when it hears the loser as slave.
     assert lb1.stats.dual_masters[0].ended is None
@@ -375,7 +375,7 @@ def test_failback_on_master_hands_back_to_a_healthy_preferred_node():
     assert m.role is Role.MASTER  # not to an unhealthy one
     m.heartbeat(beat(Role.SLAVE, node="lb1", priority=200))
     assert m.role is Role.SLAVE
-    assert rec.pop() == ["release", "send_release", ("master", "slave")]
+    assert rec.pop() == ["release", ("master", "slave"), "send_release"]
     assert m.why == "failback to lb1"
 
 
@@ -392,7 +392,7 @@ def test_failover_hands_over_to_a_healthy_peer_and_does_not_take_back():
     m, rec, clock = master(node="lb1", priority=200)
     m.heartbeat(beat(Role.SLAVE, node="lb2", priority=100))
     assert m.failover() == "released the VIPs to lb2"
-    assert m.role is Role.SLAVE and rec.pop() == ["release", "send_release", ("master", "slave")]
+    assert m.role is Role.SLAVE and rec.pop() == ["release", ("master", "slave"), "send_release"]
     # lb2 has not taken over yet: lb1 outranks it but does not grab the VIPs back while yielding.
     m.heartbeat(beat(Role.SLAVE, node="lb2", priority=100))
     assert m.role is Role.SLAVE
@@ -417,6 +417,15 @@ def test_failover_to_an_unhealthy_peer_is_refused_unless_forced(peer, words):
     assert m.role is Role.SLAVE
 
 
+def test_failover_that_failback_would_undo_is_refused_unless_forced():
+    m, _, _ = master(node="lb1", priority=200, auto_failback=True)
+    m.heartbeat(beat(Role.SLAVE, node="lb2", priority=100))
+    with pytest.raises(FailoverRefused, match="hand the VIPs straight back"):
+        m.failover()
+    m.failover(force=True)
+    assert m.role is Role.SLAVE
+
+
 def test_failover_on_a_slave_is_refused():
     m, _, _ = slave()
     with pytest.raises(FailoverRefused, match="not master"):
@@ -428,7 +437,7 @@ def test_clean_stop_of_a_master_releases_and_leaves_no_timers():
     m.heartbeat(beat(Role.SLAVE))
     rec.pop()
     m.stop()
-    assert rec.pop() == ["release", "send_release", ("master", "init")]
+    assert rec.pop() == ["release", ("master", "init"), "send_release"]
     assert clock.getDelayedCalls() == []
 
 

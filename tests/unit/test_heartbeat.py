@@ -142,3 +142,14 @@ def test_key_file(tmp_path):
     path.write_text("00ff")
     with pytest.raises(ValueError, match="at least 16"):
         read_key(str(path))
+
+
+def test_boot_epochs_only_grow_even_when_the_clock_steps_back(tmp_path, monkeypatch):
+    from hapair import heartbeat
+
+    path = str(tmp_path / "epoch")
+    monkeypatch.setattr(heartbeat.time, "time_ns", lambda: 5_000)
+    first = heartbeat.next_epoch(path)
+    monkeypatch.setattr(heartbeat.time, "time_ns", lambda: 1_000)  # the clock went back
+    second = heartbeat.next_epoch(path)
+    assert first == 5_000 and second == 5_001

@@ -92,3 +92,12 @@ def test_entries_report_remaining_lifetime_and_restore_keeps_it():
     assert peer.purge() == 1  # c; a went on lookup
     peer.restore("z", "CAS1", 0)
     assert peer.lookup("z") is None
+
+
+def test_restore_many_keeps_expiry_order_caps_lifetimes_and_bounds_the_table():
+    t, clock = table(timeout=60, size=3)
+    t.record("mine", "CAS1")  # expires at 60
+    t.restore_many([("a", "CAS2", 10), ("b", "CAS1", 500), ("c", "CAS2", 30), ("dead", "CAS1", 0)])
+    # b's lifetime is capped at the table's timeout (60): it ties with "mine" and stays after it.
+    assert [s for s, _, _ in t.entries()] == ["c", "mine", "b"]  # "a" (soonest) evicted by the bound
+    assert t.lookup("dead") is None
