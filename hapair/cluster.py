@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from hapair.config import ClusterConfig, NodeConfig
 from hapair.garp import Announcer
-from hapair.ha import FailoverRefused, Machine, Role, Timers
+from hapair.ha import FailoverRefused, Machine, Role
 from hapair.heartbeat import Codec, Dropped, next_epoch
 from hapair.pingnode import PingMonitor
 from hapair.vips import VipManager
@@ -49,7 +49,7 @@ class ClusterService(service.Service):
         ha, local = cluster.ha, node.ha
         self.local = local
         self.priority = 200 if ha.preferred_master == node.name else 100
-        self.timers = Timers(ha.interval, ha.warntime, ha.deadtime, ha.initdead)
+        self.timers = ha.timers
         self.machine = Machine(node.name, self.priority, self.timers, self, reactor, ha.auto_failback,
                                confirm_ping=bool(local.ping_nodes))  # fmt: skip
         # No key: not paired yet. The node then stands alone (claims its VIPs after initdead) and neither

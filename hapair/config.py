@@ -13,6 +13,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Mapping, Union
 
+from hapair.timers import Timers
+
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
@@ -145,16 +147,21 @@ class Garp:
 
 @dataclass(frozen=True)
 class HASettings:
-    """The pair's shared HA settings (replicated). Timers are heartbeat's: see `hapair.ha.Timers`."""
+    """The pair's shared HA settings (replicated). The four timers are heartbeat's, written flat in the
+    file as heartbeat writes them; `timers` gathers them for the state machine."""
 
     preferred_master: str | None = None
     auto_failback: bool = False
-    interval: float = 0.2
-    warntime: float = 0.5
-    deadtime: float = 0.7
-    initdead: float = 2.0
+    interval: float = Timers.interval
+    warntime: float = Timers.warntime
+    deadtime: float = Timers.deadtime
+    initdead: float = Timers.initdead
     port: int = 694
     garp: Garp = field(default_factory=Garp)
+
+    @property
+    def timers(self) -> Timers:
+        return Timers(self.interval, self.warntime, self.deadtime, self.initdead)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from hapair.timers import Timers
 from hapair.config import (
     NODE_LOCAL_APPLIANCE_KEYS,
     AddressRange,
@@ -406,8 +407,6 @@ class _Reader:
         )
         if _BAD in values.values():
             return _BAD
-        from hapair.ha import Timers
-
         timers = Timers(values["interval"], values["warntime"], values["deadtime"], values["initdead"])
         for problem in timers.problems():
             self.problem(node, f"{path}", problem)
