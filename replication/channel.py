@@ -30,6 +30,8 @@ log = Logger(namespace="hapair.replication")
 #: a peer that has not shown the pinned certificate gets only enough for the pairing commands.
 MAX_BOX = 8 * 1024 * 1024
 MAX_BOX_UNVERIFIED = 64 * 1024
+#: Seconds a connection may take to finish its TLS handshake: a stalled one is dropped.
+HANDSHAKE_TIMEOUT = 10.0
 
 
 class NotPairedError(Exception):
@@ -127,7 +129,17 @@ class PeerProtocol(amp.AMP):
 
     # --- transport ----------------------------------------------------------------------------------
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._handshake_timer = self.service.reactor.callLater(HANDSHAKE_TIMEOUT, self._handshake_too_slow)
+
+    def _handshake_too_slow(self) -> None:
+        log.warn("dropped {peer}: no TLS handshake within {t:g}s", peer=self.peer_address(), t=HANDSHAKE_TIMEOUT)
+        self.transport.abortConnection()
+
     def handshakeCompleted(self) -> None:
+        if self._handshake_timer.active():
+            self._handshake_timer.cancel()
         cert = self.transport.getPeerCertificate()
         self.peer_fingerprint = fingerprint_of(cert)
         self.peer_cert_pem = crypto.dump_certificate(crypto.FILETYPE_PEM, cert)
@@ -156,6 +168,9 @@ class PeerProtocol(amp.AMP):
         super().ampBoxReceived(box)
 
     def connectionLost(self, reason: Any) -> None:
+        timer = getattr(self, "_handshake_timer", None)
+        if timer is not None and timer.active():
+            timer.cancel()
         super().connectionLost(reason)
         self.service.lost(self)
 

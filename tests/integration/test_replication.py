@@ -236,7 +236,8 @@ def test_bad_input_to_the_replication_port_is_refused_with_nothing_applied(lab, 
         seen = []
         # 1. Garbage instead of TLS.
         s = socket.create_connection((HOSTS["lb2"], PORT), timeout=5)
-        s.sendall(b"\x16\x03\x01" + os.urandom(3000))  # looks like TLS for three bytes
+        # Not TLS at all (a partial TLS record would rightly be waited for, up to the handshake timeout).
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n" + os.urandom(3000))
         try:
             while s.recv(4096):  # a TLS alert may come first; then the connection must close
                 pass
@@ -278,10 +279,23 @@ def test_bad_input_to_the_replication_port_is_refused_with_nothing_applied(lab, 
         s = socket.create_connection((HOSTS["lb2"], PORT), timeout=5)
         s.sendall(b"\x16\x03\x01\x02\x00\x01")
         s.close()
+        # 7. A partial TLS record, then silence: dropped by the handshake timeout, not held forever.
+        s = socket.create_connection((HOSTS["lb2"], PORT), timeout=15)
+        s.sendall(b"\x16\x03\x01\x40\x00")
+        started = time.monotonic()
+        try:
+            s.recv(100)
+            seen.append("stalled handshake: dropped" if time.monotonic() - started < 14 else "stalled: late")
+        except TimeoutError:
+            seen.append("stalled handshake: held open")
+        except ConnectionResetError:
+            seen.append("stalled handshake: dropped")
+        s.close()
         return seen
 
     seen = lab.call("lb1", attempts)
     assert seen[0] == "garbage: closed"
+    assert seen[6] == "stalled handshake: dropped"
     assert seen[1:3] == ["NOT_PAIRED", "NOT_PAIRED"]
     assert seen[3] == "oversized: dropped"
     assert seen[4].startswith("PUSH_REFUSED") and "is older" in seen[4]
