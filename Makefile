@@ -1,7 +1,7 @@
 # The two commands of the README's quick start, and the benchmarks.
 PYTHON ?= python3
 
-.PHONY: demo test unit bench-proxy bench-failover deps
+.PHONY: demo test unit bench-proxy bench-failover bench-replication deps
 
 deps:
 	bash tools/install-deps
@@ -22,3 +22,6 @@ bench-proxy: deps
 
 bench-failover: deps
 	$(PYTHON) bench/failover_vs_keepalived.py
+
+bench-replication: deps
+	$(PYTHON) bench/replication_latency.py
