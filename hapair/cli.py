@@ -221,22 +221,51 @@ def _status_table(status: dict, degraded: list[str]) -> str:
         lines.append(f"VIPs held: {', '.join(cluster['vips_held']) or 'none'}; GARPs sent {cluster['garps_sent']}; "
                      f"takeovers {cluster['takeovers']}; dropped heartbeats {dropped} "
                      f"(bad key {cluster['heartbeats_dropped'].get('bad_mac', 0)}); dual-master episodes {len(cluster['dual_masters'])}")
-    head = f"{'SERVICE / SERVER':<24} {'ADDRESS':<28} {'HEALTH':<6} {'ADMIN':<6} {'WT':>3} {'CUR':>5} {'TOTAL':>7} {'FAIL':>5} {'IN':>9} {'OUT':>9}"
-    lines.append(head)
+    rows = []
     for vs in status["virtual_services"]:
-        address = f"{vs['ip']}:{','.join(map(str, vs['ports']))}"
-        persist = "" if vs["persistence_entries"] is None else f"  persistent clients: {vs['persistence_entries']}"
-        lines.append(
-            f"{vs['label']:<24} {address:<28} {'':<6} {'':<6} {'':>3} {vs['current']:>5} {vs['total']:>7} "
-            f"{vs['refused']:>5} {_size(vs['bytes_in']):>9} {_size(vs['bytes_out']):>9}{persist}"
-        )
+        persist = "" if vs["persistence_entries"] is None else f"sticky {vs['persistence_entries']}"
+        rows.append([vs["label"], f"{vs['ip']}:{','.join(map(str, vs['ports']))}", "", "", persist, str(vs["current"]),
+                     str(vs["total"]), str(vs["refused"]), _size(vs["bytes_in"]), _size(vs["bytes_out"])])
         for s in vs["servers"]:
-            address = f"{s['ip']}:{s['port'] if s['port'] is not None else '(client port)'}"
-            lines.append(
-                f"  {s['label']:<22} {address:<28} {s['health']:<6} {s['admin']:<6} {s['weight']:>3} {s['current']:>5} "
-                f"{s['total']:>7} {s['failed']:>5} {_size(s['bytes_in']):>9} {_size(s['bytes_out']):>9}"
-            )
+            rows.append(["  " + s["label"], f"{s['ip']}:{s['port'] if s['port'] is not None else '*'}", s["health"],
+                         s["admin"], str(s["weight"]), str(s["current"]), str(s["total"]), str(s["failed"]),
+                         _size(s["bytes_in"]), _size(s["bytes_out"])])  # fmt: skip
+    lines += _table(["SERVICE/SERVER", "ADDRESS", "HEALTH", "ADMIN", "WEIGHT", "CUR", "TOTAL", "FAIL", "IN", "OUT"],
+                    rows, _terminal_width())  # fmt: skip
     return "\n".join(lines)
+
+
+#: Columns a narrow terminal drops first: bytes, then failures, then totals.
+_DROP_ORDER = ("OUT", "IN", "FAIL", "TOTAL")
+
+
+def _terminal_width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((100, 24)).columns
+
+
+def _table(head: list[str], rows: list[list[str]], width: int) -> list[str]:
+    """Rows under a header, left-aligned text and right-aligned numbers, dropping the least useful
+    columns until the table fits `width`."""
+    keep = list(range(len(head)))
+
+    def render() -> list[str]:
+        widths = {i: max(len(head[i]), *(len(r[i]) for r in rows)) for i in keep}
+        numeric = {i for i in keep if i >= 4}
+        out = []
+        for r in [head, *rows]:
+            cells = [r[i].rjust(widths[i]) if i in numeric and r is not head else r[i].ljust(widths[i]) for i in keep]
+            out.append("  ".join(cells).rstrip())
+        return out
+
+    lines = render()
+    for name in _DROP_ORDER:
+        if max(map(len, lines)) <= width:
+            break
+        keep.remove(head.index(name))
+        lines = render()
+    return lines
 
 
 def _size(n: int) -> str:

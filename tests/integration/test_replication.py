@@ -303,3 +303,18 @@ def test_bad_input_to_the_replication_port_is_refused_with_nothing_applied(lab, 
     assert lb2.proc.alive() and rep(lb2)["version"] == version
     assert [vs["label"] for vs in lb2.status()["virtual_services"]] == ["CAS-WEB", "CAS-RPC", "CAS-IMAP4", "HT-SMTP"]
     assert rep(lb1)["sync"] == "in sync"  # the real channel is unaffected
+
+
+def test_pair_remove_is_refused_while_the_peer_runs_and_then_forgets_it(lab, nodes):
+    lb1, lb2 = nodes.pair()
+    refused = lb1.cli("pair", "remove")
+    assert refused.returncode == 1 and "lb2 is still running" in refused.stderr
+    lb2.stop()
+    wait_for(lambda: not lb1.status()["cluster"]["peer"]["alive"], 3, "lb1 notices lb2 is gone")
+    removed = lb1.cli("pair", "remove")
+    assert removed.returncode == 0 and "unpaired from lb2" in removed.stdout
+    status = lb1.status()
+    assert not status["replication"]["paired"] and not status["cluster"]["paired"]
+    assert not os.path.exists(os.path.join(nodes.state, "lb1", "peer.crt"))
+    assert not os.path.exists(os.path.join(nodes.state, "lb1", "heartbeat.key"))
+    assert lb1.cli("pair", "remove").returncode == 1  # nothing left to remove
