@@ -176,10 +176,15 @@ class ClusterConfig:
         return tuple(dict.fromkeys(vs.ip for vs in self.virtual_services))
 
     def fingerprint(self) -> bytes:
-        """SHA-256 of the configuration: equal on both nodes exactly when they run the same one."""
-        import hashlib
+        """SHA-256 of the configuration: equal on both nodes exactly when they run the same one. Sent in
+        every heartbeat, so it is computed once per (immutable) configuration."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            import hashlib
 
-        return hashlib.sha256(repr(self).encode()).digest()
+            cached = hashlib.sha256(repr(self).encode()).digest()
+            object.__setattr__(self, "_fingerprint", cached)  # frozen: a cache, not a field
+        return cached
 
 
 @dataclass(frozen=True)

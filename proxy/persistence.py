@@ -76,14 +76,21 @@ class PersistenceTable:
 
     def restore_many(self, entries: list[tuple[str, str, float]]) -> None:
         """Adds entries with the lifetimes a peer reported (never longer than this table's timeout),
-        keeping the table ordered by expiry: one sort for the whole batch, not one per entry."""
-        now, entries_ = self._clock.seconds(), self._entries
-        added = False
+        keeping the table ordered by expiry. Entries that arrive in expiry order (the master's stream of
+        new assignments) are appended; only a batch that breaks the order (a snapshot) costs a sort."""
+        now, table = self._clock.seconds(), self._entries
+        last = next(reversed(table.values()))[1] if table else float("-inf")
+        ordered = True
         for source, server, remaining in entries:
-            if remaining > 0:
-                entries_[source] = (server, now + min(remaining, self.timeout))
-                added = True
-        if added:
-            self._entries = OrderedDict(sorted(entries_.items(), key=lambda kv: kv[1][1]))
+            if remaining <= 0:
+                continue
+            expires = now + min(remaining, self.timeout)
+            table.pop(source, None)
+            table[source] = (server, expires)
+            if expires < last:
+                ordered = False
+            last = max(last, expires)
+        if not ordered:
+            self._entries = OrderedDict(sorted(table.items(), key=lambda kv: kv[1][1]))
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)

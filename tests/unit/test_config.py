@@ -313,3 +313,11 @@ def test_ipv6_ping_nodes_are_refused_rather_than_silently_ignored(tmp_path):
     text = pair_config("lb1", str(tmp_path), lambda d: d["node"]["ha"].update(ping_nodes=["2001:db8::1"]))
     p = one_problem(text)
     assert p.key == "node.ha.ping_nodes" and "must be IPv4" in p.message
+
+
+def test_fingerprint_is_stable_per_configuration_and_differs_between_them():
+    a = configfile.parse(GOOD).cluster
+    assert a.fingerprint() == a.fingerprint() == configfile.parse(GOOD).cluster.fingerprint()
+    b = configfile.parse(GOOD.replace("[80, 443]", "[80]")).cluster
+    assert a.fingerprint() != b.fingerprint()
+    assert a == configfile.parse(GOOD).cluster  # the cache is not part of equality

@@ -101,3 +101,13 @@ def test_restore_many_keeps_expiry_order_caps_lifetimes_and_bounds_the_table():
     # b's lifetime is capped at the table's timeout (60): it ties with "mine" and stays after it.
     assert [s for s, _, _ in t.entries()] == ["c", "mine", "b"]  # "a" (soonest) evicted by the bound
     assert t.lookup("dead") is None
+
+
+def test_restore_many_appends_in_order_batches_and_sorts_the_rest():
+    t, clock = table(timeout=60, size=100)
+    t.restore_many([("a", "CAS1", 10), ("b", "CAS2", 20)])
+    clock.advance(5)
+    t.restore_many([("c", "CAS1", 60), ("a", "CAS2", 60)])  # a moves to the back, with its new server
+    assert [(s, srv) for s, srv, _ in t.entries()] == [("b", "CAS2"), ("c", "CAS1"), ("a", "CAS2")]
+    t.restore_many([("d", "CAS1", 1)])  # out of order: sorted in
+    assert [s for s, _, _ in t.entries()] == ["d", "b", "c", "a"]
