@@ -1,8 +1,12 @@
 """Listening sockets for virtual services, and the accept-time policy.
 
-Sockets are made here and adopted by the reactor, not made by `listenTCP`, because a VIP must be bound
-with IP_FREEBIND: the slave listens on addresses it does not hold yet, and serves the instant takeover
-adds them. (The same path later carries SO_REUSEPORT for worker processes.)
+Sockets are made here rather than by `listenTCP`:
+- a VIP is bound with IP_FREEBIND, so the slave listens on addresses it does not hold yet and serves the
+  instant a takeover adds them;
+- with worker processes, the supervisor makes one socket per worker with SO_REUSEPORT and steers each
+  client address to one of them (`proxy.steering`), and the workers adopt them.
+Accepted clients are turned away at once (closed) when their source is not allowed, the service is at
+maxconn, or no real server may take them; the others become sessions (`proxy.relay`).
 """
 
 from __future__ import annotations
@@ -11,20 +15,17 @@ import ipaddress
 import socket
 from typing import TYPE_CHECKING
 
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory
-from twisted.logger import Logger
-
+from proxy.loop import IN
 from proxy.pool import Pool
-from proxy.relay import ClientEnd, Session
+from proxy.relay import Session
 
 if TYPE_CHECKING:
     from proxy.service import ProxyRuntime
 
-log = Logger(namespace="hapair.proxy")
-
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 BACKLOG = 4096
+#: Connections accepted per readiness event before other sockets get their turn.
+ACCEPT_BATCH = 64
 
 
 def listening_socket(ip: str, port: int, reuseport: bool = False) -> socket.socket:
@@ -48,32 +49,32 @@ def listening_socket(ip: str, port: int, reuseport: bool = False) -> socket.sock
     return sock
 
 
-def listen(reactor: object, ip: str, port: int, factory: Factory, sock: socket.socket | None = None) -> IListeningPort:
-    """Adopts `sock` (or a new listening socket on ip:port) into the reactor."""
-    sock = sock or listening_socket(ip, port)
-    try:
-        return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
-    finally:
-        sock.close()  # the reactor holds its own duplicate
+class Listener:
+    """One port of one virtual service, in the proxy's event loop."""
 
+    def __init__(self, runtime: ProxyRuntime, pool: Pool, vip: str, vport: int, sock: socket.socket):
+        self.runtime, self.pool, self.vip, self.vport, self.sock = runtime, pool, vip, vport, sock
+        sock.setblocking(False)
+        self.fd = sock.fileno()
+        runtime.loop.add(self.fd, IN, self._ready)
 
-class ServiceFactory(Factory):
-    """Accepts a client on one port of one virtual service, or turns it away at once.
+    def _ready(self, events: int) -> None:
+        accept = self.sock.accept
+        for _ in range(ACCEPT_BATCH):
+            try:
+                client, addr = accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                # Out of file descriptors (or memory): the client stays in the backlog until some close.
+                self.runtime.accept_failed(self, e)
+                return
+            self._accepted(client, addr[0], addr[1])
 
-    Turned away: a source outside the allowed list, the service at maxconn, no real server that may
-    take the client. Returning None makes the reactor close the accepted socket immediately, so a
-    refused client is never left hanging."""
-
-    noisy = False
-
-    def __init__(self, runtime: ProxyRuntime, pool: Pool, vip: str, vport: int):
-        self.runtime, self.pool, self.vip, self.vport = runtime, pool, vip, vport
-
-    def buildProtocol(self, addr: object) -> ClientEnd | None:
+    def _accepted(self, client: socket.socket, host: str, port: int) -> None:
         pool = self.pool
-        host = addr.host
         service = pool.service
-        why = None
+        why = server = None
         if service.allowed_sources and not service.allows(ipaddress.ip_address(host)):
             why = "source not allowed"
         elif pool.at_maxconn():
@@ -84,9 +85,12 @@ class ServiceFactory(Factory):
                 why = "no real server available"
         if why is not None:
             pool.counters.refused += 1
-            log.info(
-                "{client} > {vip} refused by {vs}: {why}",
-                client=f"{host}:{addr.port}", vip=f"{self.vip}:{self.vport}", vs=service.label, why=why,
-            )  # fmt: skip
-            return None
-        return Session(self.runtime, pool, server, self.vip, self.vport, host, addr.port).client
+            client.close()
+            self.runtime.log.line(f"{host}:{port} > {self.vip}:{self.vport} refused by {service.label}: {why}")
+            return
+        client.setblocking(False)
+        Session(self.runtime, pool, server, self.vip, self.vport, client, host, port)
+
+    def close(self) -> None:
+        self.runtime.loop.remove(self.fd)
+        self.sock.close()

@@ -1,276 +1,335 @@
-"""One proxied connection: the client's end, the real server's end, and the session joining them.
+"""One proxied connection: a client socket, a real server socket, and the two directions between them.
 
-The ends only translate socket events into session calls; the session owns the rules:
-- the client is not read until the real server is connected (Twisted's portforward pattern), and each
-  transport is then the other's streaming producer, so a slow reader throttles a fast writer and the
-  proxy buffers at most one transport buffer per direction;
-- a FIN is passed on as a FIN (half-close) once what came before it is written; a reset or an abort on
-  either side aborts the other;
-- a real server that refuses is retried on another eligible server (redispatch) before the client is
-  given up on;
-- idle timeouts are checked by the proxy's sweep, not by a timer per connection;
+The rules a session keeps:
+- the client is not read until the real server is connected, and a real server that refuses (or does
+  not answer within the connect timeout) is replaced by another eligible one (redispatch) before the
+  client is given up on;
+- each direction moves bytes with `splice` through a pooled pipe (zero-copy), or with recv/send when no
+  pipe can be had; a direction reads its source only when everything it read before has been written,
+  so a slow reader stops the writer at the kernel's socket buffers and the proxy holds no data of its own;
+- a FIN is passed on as a FIN (half-close) once the bytes before it are written; a reset on either side,
+  or a write the peer refuses, aborts both;
+- idle and connect timeouts are checked by the proxy's sweep, not by a timer per connection;
 - the session ends once, with one reason, and one log line.
+
+Sockets are plain non-blocking sockets in the proxy's own epoll set (`proxy.loop`), not Twisted
+transports: this is the hot path, and Twisted's per-connection machinery costs several times the rest
+of it (see bench/proxy_vs_haproxy.py).
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
+import struct
 from typing import TYPE_CHECKING
 
-from twisted.internet import error
-from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import ClientFactory, Protocol
-from twisted.logger import Logger
-from twisted.python.failure import Failure
-from zope.interface import implementer
-
+from proxy.loop import ERR, HUP, IN, OUT
+from proxy.pipes import Pipe
 from proxy.pool import Pool, ServerState
 
 if TYPE_CHECKING:
     from proxy.service import ProxyRuntime
 
-log = Logger(namespace="hapair.proxy")
-
 #: Real servers tried for one client before it is refused (the first choice included).
 MAX_ATTEMPTS = 3
+#: Bytes read per event when copying (no pipe could be had).
+COPY_CHUNK = 65536
+
+_splice = os.splice
+_SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+_LINGER_RST = struct.pack("ii", 1, 0)
 
 
-@implementer(IHalfCloseableProtocol)
-class _End(Protocol):
-    side = ""
+class Direction:
+    """Bytes from `src` to `dst`: a pipe (or a copy buffer) lent while bytes are in flight."""
 
-    def __init__(self, session: Session):
+    __slots__ = ("session", "src", "dst", "src_fd", "dst_fd", "pipe", "buf", "pending", "eof", "shut", "count",
+                 "src_side", "dst_side", "upstream")  # fmt: skip
+
+    def __init__(self, session: Session, src: socket.socket, dst: socket.socket, upstream: bool):
         self.session = session
-        self.read_eof = False
-        self.write_closed = False
-        self.lost = False
+        self.src, self.dst = src, dst
+        self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
+        self.pipe: Pipe | None = None
+        self.buf = b""
+        self.pending = 0
+        self.eof = self.shut = False
+        self.count = 0
+        self.upstream = upstream
+        self.src_side, self.dst_side = ("client", "server") if upstream else ("server", "client")
 
-    def readConnectionLost(self) -> None:
-        self.session.eof_from(self)
+    @property
+    def reading(self) -> bool:
+        return not self.eof and not self.pending
 
-    def writeConnectionLost(self) -> None:
-        self.write_closed = True
-        if self.read_eof:
-            self.transport.loseConnection()
+    @property
+    def done(self) -> bool:
+        return self.shut
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:
-        self.lost = True
-        self.session.end_lost(self, reason)
-
-
-class ClientEnd(_End):
-    side = "client"
-
-    def connectionMade(self) -> None:
-        self.transport.pauseProducing()
-        self.session.connect_server()
-
-    def dataReceived(self, data: bytes) -> None:
+    def read(self) -> None:
         s = self.session
-        n = len(data)
-        s.bytes_in += n
-        s.pool.counters.bytes_in += n
-        s.server_state.counters.bytes_in += n
-        s.last_client = s.runtime.now
-        s.server.transport.write(data)
+        pipe = self.pipe
+        if pipe is None:
+            pipe = self.pipe = s.runtime.pipes.take()
+        try:
+            if pipe is not None:
+                n = _splice(self.src_fd, pipe.w, pipe.size, flags=_SPLICE)
+            else:
+                self.buf = self.src.recv(COPY_CHUNK)
+                n = len(self.buf)
+        except BlockingIOError:
+            self._release()
+            return
+        except OSError:
+            s.abort(f"{self.src_side} reset")
+            return
+        if n == 0:
+            self._release()
+            self.eof = True
+            s.eof_seen(self.src_side)
+            self._shutdown()
+            return
+        self.pending = n
+        self.count += n
+        s.moved(self.upstream, n)
+        self.flush()
 
+    def flush(self) -> None:
+        try:
+            pipe = self.pipe
+            if pipe is not None:
+                n = _splice(pipe.r, self.dst_fd, self.pending, flags=_SPLICE)
+            else:
+                n = self.dst.send(self.buf)
+                self.buf = self.buf[n:]
+        except BlockingIOError:
+            return
+        except OSError:
+            self.session.abort(f"{self.dst_side} reset")
+            return
+        self.pending -= n
+        if not self.pending:
+            self._release()
+            if self.eof:
+                self._shutdown()
 
-class ServerEnd(_End):
-    side = "server"
+    def _shutdown(self) -> None:
+        if self.shut or self.pending:
+            return
+        self.shut = True
+        try:
+            self.dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the peer is gone; its own event ends the session
 
-    def connectionMade(self) -> None:
-        self.session.server_connected(self)
+    def _release(self) -> None:
+        if self.pipe is not None and not self.pending:
+            self.session.runtime.pipes.give(self.pipe)
+            self.pipe = None
 
-    def dataReceived(self, data: bytes) -> None:
-        s = self.session
-        n = len(data)
-        s.bytes_out += n
-        s.pool.counters.bytes_out += n
-        s.server_state.counters.bytes_out += n
-        s.last_server = s.runtime.now
-        s.client.transport.write(data)
-
-
-class _ServerFactory(ClientFactory):
-    noisy = False
-
-    def __init__(self, session: Session):
-        self.session = session
-
-    def buildProtocol(self, addr: object) -> ServerEnd:
-        return ServerEnd(self.session)
-
-    def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
-        self.session.connect_failed(reason)
+    def discard(self) -> None:
+        """Gives the pipe back at the end of the session: pooled only if empty."""
+        if self.pipe is not None:
+            self.session.runtime.pipes.give(self.pipe, empty=not self.pending)
+            self.pipe = None
 
 
 class Session:
     """A client's connection through a virtual service to one real server."""
 
-    def __init__(
-        self, runtime: ProxyRuntime, pool: Pool, server: ServerState, vip: str, vport: int, source: str, sport: int
-    ):
+    __slots__ = ("runtime", "pool", "server_state", "vip", "vport", "source", "sport", "client", "server",
+                 "cfd", "sfd", "up", "down", "tried", "started", "connect_at", "last_client", "last_server", "reason",
+                 "connecting", "finished")  # fmt: skip
+
+    def __init__(self, runtime: ProxyRuntime, pool: Pool, server: ServerState, vip: str, vport: int,
+                 client: socket.socket, source: str, sport: int):  # fmt: skip
         self.runtime = runtime
         self.pool = pool
         self.server_state = server
         self.vip, self.vport = vip, vport
         self.source, self.sport = source, sport
-        self.client = ClientEnd(self)
-        self.server: ServerEnd | None = None
-        self.connector = None
+        self.client = client
+        self.cfd = client.fileno()
+        self.server: socket.socket | None = None
+        self.sfd = -1
+        self.up: Direction | None = None
+        self.down: Direction | None = None
         self.tried: set[str] = set()
-        self.started = self.last_client = self.last_server = runtime.now
-        self.bytes_in = self.bytes_out = 0
+        self.started = self.connect_at = self.last_client = self.last_server = runtime.loop.now
         self.reason: str | None = None
-        self.aborting = self.closing = False
+        self.connecting = False
         self.finished = False
         pool.counters.current += 1
         pool.counters.total += 1
         server.counters.current += 1
         server.counters.total += 1
         runtime.sessions.add(self)
+        self.connect_server()
+
+    @property
+    def bytes_in(self) -> int:
+        return self.up.count if self.up is not None else 0
+
+    @property
+    def bytes_out(self) -> int:
+        return self.down.count if self.down is not None else 0
 
     # --- connecting ---------------------------------------------------------------------------------
 
     def connect_server(self) -> None:
         config = self.server_state.config
         self.tried.add(config.label)
-        self.connector = self.runtime.reactor.connectTCP(
-            str(config.ip),
-            config.target_port(self.vport),
-            _ServerFactory(self),
-            timeout=self.pool.service.timeouts.connect,
-        )
-
-    def connect_failed(self, reason: Failure) -> None:
-        self.connector = None
-        if self.client.lost or self.aborting:
-            self._maybe_finish()
+        family, address = self.runtime.address_of(config, self.vport)
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        err = sock.connect_ex(address)
+        if err not in (0, errno.EINPROGRESS):
+            sock.close()
+            self.connect_failed(os.strerror(err))
             return
+        self.server, self.sfd = sock, sock.fileno()
+        self.connecting = True
+        self.connect_at = self.runtime.loop.now
+        self.runtime.loop.add(self.sfd, OUT, self._server_event)
+
+    def connect_failed(self, why: str) -> None:
+        if self.server is not None:
+            self.runtime.loop.remove(self.sfd)
+            self.server.close()
+            self.server, self.sfd = None, -1
+        self.connecting = False
         failed = self.server_state
         failed.counters.failed += 1
-        why = reason.getErrorMessage()
         nxt = None
         if len(self.tried) < MAX_ATTEMPTS:
             nxt = self.pool.choose(self.source, exclude=frozenset(self.tried))
         if nxt is None:
-            self.reason = f"no real server reachable ({failed.label}: {why})"
-            self.client.transport.abortConnection()
+            self.abort(f"no real server reachable ({failed.label}: {why})")
             return
-        log.info(
-            "{client} {vs}: {failed} refused ({why}); redispatched to {server}",
-            client=f"{self.source}:{self.sport}", vs=self.pool.service.label, failed=failed.label, why=why,
-            server=nxt.label,
-        )  # fmt: skip
+        self.runtime.log.line(
+            f"{self.source}:{self.sport} {self.pool.service.label}: {failed.label} refused ({why}); "
+            f"redispatched to {nxt.label}"
+        )
         failed.counters.current -= 1
         nxt.counters.current += 1
         nxt.counters.total += 1
         self.server_state = nxt
         self.connect_server()
 
-    def server_connected(self, end: ServerEnd) -> None:
-        self.connector = None
-        self.server = end
-        if self.client.lost or self.aborting:
-            end.transport.abortConnection()
+    def _connected(self) -> None:
+        err = self.server.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.connect_failed(os.strerror(err))
             return
-        client_t, server_t = self.client.transport, end.transport
-        client_t.registerProducer(server_t, True)
-        server_t.registerProducer(client_t, True)
-        self.last_server = self.runtime.now
-        client_t.resumeProducing()
+        self.connecting = False
+        self.last_client = self.last_server = self.runtime.loop.now
+        self.up = Direction(self, self.client, self.server, True)
+        self.down = Direction(self, self.server, self.client, False)
+        loop = self.runtime.loop
+        loop.watch(self.sfd, IN)
+        loop.add(self.cfd, IN, self._client_event)
 
-    # --- closing ------------------------------------------------------------------------------------
 
-    def _peer(self, end: _End) -> _End | None:
-        return self.server if end is self.client else self.client
+    # --- events -------------------------------------------------------------------------------------
 
-    def eof_from(self, end: _End) -> None:
-        """`end`'s socket sent a FIN: stop reading it and pass the FIN on after the data before it."""
-        if end.read_eof:
+    def _server_event(self, events: int) -> None:
+        if self.connecting:
+            self._connected()
             return
-        end.read_eof = True
-        if self.reason is None:
-            self.reason = f"{end.side} closed"
-        peer = self._peer(end)
-        if peer is not None and not peer.lost:
-            peer.transport.unregisterProducer()
-            peer.transport.loseWriteConnection()
-        if end.write_closed or peer is None or peer.lost:
-            end.transport.loseConnection()
+        self._event(events, self.down, self.up)
 
-    def end_lost(self, end: _End, reason: Failure) -> None:
-        clean = reason.check(error.ConnectionDone) is not None
+    def _client_event(self, events: int) -> None:
+        self._event(events, self.up, self.down)
+
+    def _event(self, events: int, reading: Direction, writing: Direction) -> None:
+        """`reading` reads the socket the event is about; `writing` writes to it."""
+        if events & (IN | ERR | HUP) and reading.reading:
+            reading.read()
+        if self.finished:
+            return
+        if events & (OUT | ERR | HUP) and writing.pending:
+            writing.flush()
+        if self.finished:
+            return
+        up, down = self.up, self.down
+        if up.shut and down.shut:
+            self.close()
+            return
+        loop = self.runtime.loop
+        loop.watch(self.cfd, (IN if up.reading else 0) | (OUT if down.pending else 0))
+        loop.watch(self.sfd, (IN if down.reading else 0) | (OUT if up.pending else 0))
+
+    def moved(self, upstream: bool, n: int) -> None:
+        if upstream:
+            self.last_client = self.runtime.loop.now
+            self.pool.counters.bytes_in += n
+            self.server_state.counters.bytes_in += n
+        else:
+            self.last_server = self.runtime.loop.now
+            self.pool.counters.bytes_out += n
+            self.server_state.counters.bytes_out += n
+
+    def eof_seen(self, side: str) -> None:
         if self.reason is None:
-            self.reason = f"{end.side} closed" if clean else f"{end.side} reset"
-        peer = self._peer(end)
-        if peer is not None and not peer.lost:
-            if clean:
-                peer.transport.unregisterProducer()
-                peer.transport.loseConnection()
-            else:
-                peer.transport.abortConnection()
-        elif end is self.client and self.connector is not None:
-            self.connector.stopConnecting()
-        self._maybe_finish()
+            self.reason = f"{side} closed"
+
+    # --- ending -------------------------------------------------------------------------------------
+
+    def close(self, reason: str | None = None) -> None:
+        """Ends the session with a FIN to both sides (both directions done, or an idle timeout)."""
+        if self.reason is None:
+            self.reason = reason
+        self._finish(False)
 
     def expire(self, reason: str) -> None:
-        """Closes an idle session: politely (FIN both ways) the first time, and by abort if it is still
-        there at the next sweep (a peer that will not take what is left to write)."""
-        if self.aborting or self.closing:
-            self.abort(reason)
-            return
-        self.closing = True
-        if self.reason is None:
-            self.reason = reason
-        for end in (self.client, self.server):
-            if end is not None and not end.lost:
-                end.transport.unregisterProducer()
-                end.transport.loseConnection()
-        if self.server is None:
-            self.abort(reason)
+        """The sweep's verdict: a connect that took too long is redispatched, an idle session closed."""
+        if self.connecting:
+            self.connect_failed("connection timed out")
+        else:
+            self.close(reason)
 
     def abort(self, reason: str) -> None:
-        """Ends the session now, both sides (idle timeout, server marked down, shutdown)."""
+        """Ends the session with a reset to both sides (a reset seen, real server down, shutdown)."""
         if self.reason is None:
             self.reason = reason
-        self.aborting = True
-        for end in (self.client, self.server):
-            if end is not None and not end.lost and end.transport is not None:
-                end.transport.abortConnection()
-        if self.connector is not None:
-            self.connector.stopConnecting()
+        self._finish(True)
 
-    def _maybe_finish(self) -> None:
-        if self.finished or not self.client.lost:
-            return
-        if self.connector is not None or (self.server is not None and not self.server.lost):
+    def _finish(self, reset: bool) -> None:
+        if self.finished:
             return
         self.finished = True
-        runtime, server, pool = self.runtime, self.server_state, self.pool
+        runtime, loop = self.runtime, self.runtime.loop
+        for sock, fd in ((self.client, self.cfd), (self.server, self.sfd)):
+            if sock is None:
+                continue
+            loop.remove(fd)
+            if reset:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+                except OSError:
+                    pass
+            sock.close()
+        for d in (self.up, self.down):
+            if d is not None:
+                d.discard()
+                d.session = None  # break the cycle now rather than in the collector
+        server, pool = self.server_state, self.pool
         server.counters.current -= 1
         pool.counters.current -= 1
         runtime.sessions.discard(self)
-        if self.server is None and self.reason in ("client closed", "client reset"):
+        if self.up is None and self.reason in ("client closed", "client reset"):
             self.reason = f"{self.reason} before a real server answered"
-        log.info(
-            "{client} > {vip} > {server} in={bytes_in} out={bytes_out} {duration:.3f}s {reason}",
-            client=f"{self.source}:{self.sport}",
-            vip=f"{self.vip}:{self.vport}",
-            server=f"{pool.service.label}/{server.label}",
-            bytes_in=self.bytes_in,
-            bytes_out=self.bytes_out,
-            duration=runtime.now - self.started,
-            reason=self.reason,
+        runtime.log.line(
+            f"{self.source}:{self.sport} > {self.vip}:{self.vport} > {pool.service.label}/{server.label} "
+            f"in={self.bytes_in} out={self.bytes_out} {loop.now - self.started:.3f}s {self.reason}"
         )
-        # Break the cycles between the session and its ends now rather than in the cycle collector.
-        self.client.session = None
-        if self.server is not None:
-            self.server.session = None
-        self.client = self.server = None
 
     def idle_reason(self, now: float) -> str | None:
         """Why this session should be closed for inactivity at `now`, if it should."""
         t = self.pool.service.timeouts
+        if self.connecting:
+            return "connect timeout" if now - self.connect_at >= t.connect else None
         last = max(self.last_client, self.last_server)
         if now - last < min(t.client, t.server):
             return None

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import socket
+from typing import TextIO
+
 from twisted.application import service
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
-from hapair.config import AdminState, ClusterConfig, VirtualService
-from proxy.listener import ServiceFactory, listen, listening_socket
+from hapair.config import AdminState, ClusterConfig, RealServer, VirtualService
+from proxy.accesslog import AccessLog
+from proxy.listener import Listener, listening_socket
+from proxy.loop import Loop
 from proxy.monitor import HealthMonitor
+from proxy.pipes import PipePool
 from proxy.pool import Pool
 from proxy.relay import Session
 
@@ -29,15 +34,43 @@ SWEEP_MIN, SWEEP_MAX = 0.05, 5.0
 
 
 class ProxyRuntime:
-    """What sessions share: the reactor and the set of live sessions."""
+    """What sessions share: the event loop, the pipe pool, the access log and the set of live sessions."""
 
-    def __init__(self, reactor: Any):
+    def __init__(self, reactor: Any, out: TextIO | None = None):
         self.reactor = reactor
+        self.loop = Loop(reactor)
+        self.pipes = PipePool()
+        self.log = AccessLog(reactor, out)
         self.sessions: set[Session] = set()
+        self.accept_errors = 0
+        self._addresses: dict[tuple[RealServer, int], tuple[int, tuple]] = {}
+        self._accept_error_logged = 0.0
 
     @property
     def now(self) -> float:
         return self.reactor.seconds()
+
+    def address_of(self, server: RealServer, vport: int) -> tuple[int, tuple]:
+        """(family, sockaddr) to connect to for a client that came in on `vport`; made once per pair."""
+        key = (server, vport)
+        found = self._addresses.get(key)
+        if found is None:
+            family = socket.AF_INET6 if server.ip.version == 6 else socket.AF_INET
+            found = self._addresses[key] = (family, (str(server.ip), server.target_port(vport)))
+        return found
+
+    def accept_failed(self, listener: Listener, e: OSError) -> None:
+        self.accept_errors += 1
+        now = self.reactor.seconds()
+        if now - self._accept_error_logged >= 1.0:  # once a second at most: this happens in floods
+            self._accept_error_logged = now
+            log.error("{vs} cannot accept on {vip}:{port}: {why} ({n} so far)", vs=listener.pool.service.label,
+                      vip=listener.vip, port=listener.vport, why=e.strerror, n=self.accept_errors)  # fmt: skip
+
+    def close(self) -> None:
+        self.log.flush()
+        self.pipes.close()
+        self.loop.close()
 
 
 class UnknownServer(KeyError):
@@ -45,15 +78,15 @@ class UnknownServer(KeyError):
 
 
 class ProxyService(service.Service):
-    def __init__(self, cluster: ClusterConfig, reactor: Any = None):
+    def __init__(self, cluster: ClusterConfig, reactor: Any = None, out: TextIO | None = None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
-        self.runtime = ProxyRuntime(reactor)
+        self.runtime = ProxyRuntime(reactor, out)
         self.cluster = cluster
         self.pools: dict[str, Pool] = {}
         self.monitors: dict[str, HealthMonitor] = {}
-        self.ports: dict[str, dict[int, IListeningPort]] = {}
+        self.ports: dict[str, dict[int, Listener]] = {}
         #: (service, source, server, seconds left) for each new persistence assignment; set by replication.
         self.on_persist: Any = None
         self._sweeper = task.LoopingCall(self.sweep)
@@ -81,28 +114,29 @@ class ProxyService(service.Service):
         stopped = [self._remove(label) for label in list(self.pools)]
         for session in list(self.runtime.sessions):
             session.abort("proxy stopping")
+        self.runtime.log.flush()
         return defer.gatherResults(stopped)
 
     def _start_sweeper(self) -> None:
         if self._sweeper.running:
             self._sweeper.stop()
         shortest = min(
-            (min(vs.timeouts.client, vs.timeouts.server) for vs in self.cluster.virtual_services), default=60.0
+            (min(vs.timeouts.client, vs.timeouts.server, vs.timeouts.connect) for vs in self.cluster.virtual_services),
+            default=60.0,
         )
         self._sweeper.start(min(SWEEP_MAX, max(SWEEP_MIN, shortest * SWEEP_FRACTION)), now=False)
 
     def _add(self, vs: VirtualService, bound: dict | None = None) -> None:
         pool = Pool(vs, self.reactor)
         pool.on_assign = lambda source, server, label=vs.label: self._assigned(label, source, server)
-        ports: dict[int, IListeningPort] = {}
+        ports: dict[int, Listener] = {}
         try:
             for port in vs.ports:
-                sock = (bound or {}).pop((str(vs.ip), port), None)
-                factory = ServiceFactory(self.runtime, pool, str(vs.ip), port)
-                ports[port] = listen(self.reactor, str(vs.ip), port, factory, sock)
+                sock = (bound or {}).pop((str(vs.ip), port), None) or listening_socket(str(vs.ip), port)
+                ports[port] = Listener(self.runtime, pool, str(vs.ip), port, sock)
         except Exception:
             for p in ports.values():
-                p.stopListening()
+                p.close()
             raise
         self.pools[vs.label] = pool
         self.ports[vs.label] = ports
@@ -112,7 +146,9 @@ class ProxyService(service.Service):
     def _remove(self, label: str) -> defer.Deferred:
         self.monitors.pop(label).stop()
         self.pools.pop(label)
-        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports.pop(label).values()])
+        for listener in self.ports.pop(label).values():
+            listener.close()
+        return defer.succeed(None)
 
     # --- reload -------------------------------------------------------------------------------------
 
