@@ -11,6 +11,7 @@ maxconn, or no real server may take them; the others become sessions (`proxy.rel
 
 from __future__ import annotations
 
+import _socket
 import ipaddress
 import socket
 from typing import TYPE_CHECKING
@@ -59,19 +60,19 @@ class Listener:
         runtime.loop.add(self.fd, IN, self._ready)
 
     def _ready(self, events: int) -> None:
-        accept = self.sock.accept
+        accept, family = self.sock._accept, self.sock.family  # the C accept: no Python socket wrapper
         for _ in range(ACCEPT_BATCH):
             try:
-                client, addr = accept()
+                fd, addr = accept()
             except BlockingIOError:
                 return
             except OSError as e:
                 # Out of file descriptors (or memory): the client stays in the backlog until some close.
                 self.runtime.accept_failed(self, e)
                 return
-            self._accepted(client, addr[0], addr[1])
+            self._accepted(_socket.socket(family, socket.SOCK_STREAM, 0, fd), addr[0], addr[1])
 
-    def _accepted(self, client: socket.socket, host: str, port: int) -> None:
+    def _accepted(self, client: _socket.socket, host: str, port: int) -> None:
         pool = self.pool
         service = pool.service
         why = server = None

@@ -78,6 +78,12 @@ class Loop:
         else:
             self._epoll.modify(fd, mask)
 
+    def forget(self, fd: int) -> None:
+        """Forgets `fd` without telling epoll: for a socket about to be closed, which leaves the set
+        by itself (it is never duplicated)."""
+        self._handlers.pop(fd, None)
+        self._masks.pop(fd, None)
+
     def remove(self, fd: int) -> None:
         """Forgets `fd`; call before closing it."""
         self._handlers.pop(fd, None)

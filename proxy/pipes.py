@@ -7,7 +7,8 @@ cost two file descriptors and kernel memory each) and a few pipes serve thousand
 Sizes: the pipe's size bounds each read, so it sets the cost per byte (64 KiB pipes cost about 2.5 times
 the CPU per Gbit of 1 MiB ones). An unprivileged process may grow pipes only while its user stays under
 `fs.pipe-user-pages-soft` (16384 pages: 64 pipes of 1 MiB); past that the kernel refuses F_SETPIPE_SZ
-and new pipes get a single page. So pipes are pooled, and a pipe that still holds bytes (its session was
+and new pipes get a single page. So pipes are pooled (at most KEEP, and those unused between two of the
+proxy's sweeps are closed: an idle proxy holds none), and a pipe that still holds bytes (its session was
 aborted mid-transfer) is closed, never lent again.
 """
 
@@ -19,7 +20,7 @@ import os
 #: Bytes per pipe asked for; 1 MiB is the most an unprivileged process may ask (fs.pipe-max-size).
 PIPE_SIZE = 1 << 20
 #: Empty pipes kept for reuse.
-KEEP = 64
+KEEP = 16
 
 
 class Pipe:
@@ -27,6 +28,15 @@ class Pipe:
 
     def __init__(self, r: int, w: int, size: int):
         self.r, self.w, self.size = r, w, size
+
+    def trim(self) -> int:
+        """Closes the free pipes nobody needed since the last trim; returns how many."""
+        spare, self._low = self._low, 0
+        for _ in range(spare):
+            self._free.pop(0).close()
+        self.open -= spare
+        self._low = len(self._free)
+        return spare
 
     def close(self) -> None:
         os.close(self.r)
@@ -37,13 +47,18 @@ class PipePool:
     def __init__(self, size: int = PIPE_SIZE, keep: int = KEEP):
         self.size, self.keep = size, keep
         self._free: list[Pipe] = []
+        #: The fewest free pipes since the last trim: that many were not needed.
+        self._low = 0
         #: Pipes in use and in the pool; pipes the kernel kept small (F_SETPIPE_SZ refused).
         self.open = self.small = 0
 
     def take(self) -> Pipe | None:
         """An empty pipe, or None when no more can be opened (the caller copies instead)."""
         if self._free:
-            return self._free.pop()
+            pipe = self._free.pop()
+            if len(self._free) < self._low:
+                self._low = len(self._free)
+            return pipe
         try:
             r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
@@ -62,6 +77,15 @@ class PipePool:
         else:
             self.open -= 1
             pipe.close()
+
+    def trim(self) -> int:
+        """Closes the free pipes nobody needed since the last trim; returns how many."""
+        spare, self._low = self._low, 0
+        for _ in range(spare):
+            self._free.pop(0).close()
+        self.open -= spare
+        self._low = len(self._free)
+        return spare
 
     def close(self) -> None:
         for pipe in self._free:

@@ -19,6 +19,7 @@ of it (see bench/proxy_vs_haproxy.py).
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import socket
@@ -59,14 +60,6 @@ class Direction:
         self.count = 0
         self.upstream = upstream
         self.src_side, self.dst_side = ("client", "server") if upstream else ("server", "client")
-
-    @property
-    def reading(self) -> bool:
-        return not self.eof and not self.pending
-
-    @property
-    def done(self) -> bool:
-        return self.shut
 
     def read(self) -> None:
         s = self.session
@@ -119,6 +112,9 @@ class Direction:
         if self.shut or self.pending:
             return
         self.shut = True
+        other = self.session.down if self.upstream else self.session.up
+        if other is not None and other.shut:
+            return  # the session ends now, and close() sends this FIN
         try:
             self.dst.shutdown(socket.SHUT_WR)
         except OSError:
@@ -141,7 +137,7 @@ class Session:
 
     __slots__ = ("runtime", "pool", "server_state", "vip", "vport", "source", "sport", "client", "server",
                  "cfd", "sfd", "up", "down", "tried", "started", "connect_at", "last_client", "last_server", "reason",
-                 "connecting", "finished")  # fmt: skip
+                 "connecting", "finished", "cmask", "smask")  # fmt: skip
 
     def __init__(self, runtime: ProxyRuntime, pool: Pool, server: ServerState, vip: str, vport: int,
                  client: socket.socket, source: str, sport: int):  # fmt: skip
@@ -161,6 +157,7 @@ class Session:
         self.reason: str | None = None
         self.connecting = False
         self.finished = False
+        self.cmask = self.smask = 0  # what the loop waits for on each socket
         pool.counters.current += 1
         pool.counters.total += 1
         server.counters.current += 1
@@ -182,7 +179,7 @@ class Session:
         config = self.server_state.config
         self.tried.add(config.label)
         family, address = self.runtime.address_of(config, self.vport)
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        sock = _socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         err = sock.connect_ex(address)
         if err not in (0, errno.EINPROGRESS):
             sock.close()
@@ -217,10 +214,10 @@ class Session:
         self.server_state = nxt
         self.connect_server()
 
-    def _connected(self) -> None:
-        err = self.server.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self.connect_failed(os.strerror(err))
+    def _connected(self, events: int) -> None:
+        if events & (ERR | HUP):  # a failed connect sets them; a good one only OUT
+            err = self.server.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            self.connect_failed(os.strerror(err) if err else "connection closed")
             return
         self.connecting = False
         self.last_client = self.last_server = self.runtime.loop.now
@@ -228,14 +225,17 @@ class Session:
         self.down = Direction(self, self.server, self.client, False)
         loop = self.runtime.loop
         loop.watch(self.sfd, IN)
-        loop.add(self.cfd, IN, self._client_event)
+        self.smask = IN
+        loop.add(self.cfd, 0, self._client_event)
+        # Most clients spoke while the connect was under way: read now rather than after another wait.
+        self._event(IN, self.up, self.down)
 
 
     # --- events -------------------------------------------------------------------------------------
 
     def _server_event(self, events: int) -> None:
         if self.connecting:
-            self._connected()
+            self._connected(events)
             return
         self._event(events, self.down, self.up)
 
@@ -244,21 +244,27 @@ class Session:
 
     def _event(self, events: int, reading: Direction, writing: Direction) -> None:
         """`reading` reads the socket the event is about; `writing` writes to it."""
-        if events & (IN | ERR | HUP) and reading.reading:
+        if events & (IN | ERR | HUP) and not reading.eof and not reading.pending:
             reading.read()
-        if self.finished:
-            return
+            if self.finished:
+                return
         if events & (OUT | ERR | HUP) and writing.pending:
             writing.flush()
-        if self.finished:
-            return
+            if self.finished:
+                return
         up, down = self.up, self.down
         if up.shut and down.shut:
             self.close()
             return
-        loop = self.runtime.loop
-        loop.watch(self.cfd, (IN if up.reading else 0) | (OUT if down.pending else 0))
-        loop.watch(self.sfd, (IN if down.reading else 0) | (OUT if up.pending else 0))
+        # Wait for what can make progress: reading where nothing waits to be written, writing where it does.
+        cmask = (0 if up.eof or up.pending else IN) | (OUT if down.pending else 0)
+        smask = (0 if down.eof or down.pending else IN) | (OUT if up.pending else 0)
+        if cmask != self.cmask:
+            self.cmask = cmask
+            self.runtime.loop.watch(self.cfd, cmask)
+        if smask != self.smask:
+            self.smask = smask
+            self.runtime.loop.watch(self.sfd, smask)
 
     def moved(self, upstream: bool, n: int) -> None:
         if upstream:
@@ -303,7 +309,7 @@ class Session:
         for sock, fd in ((self.client, self.cfd), (self.server, self.sfd)):
             if sock is None:
                 continue
-            loop.remove(fd)
+            loop.forget(fd)  # close() takes it out of the epoll set: no fd is ever shared
             if reset:
                 try:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
