@@ -167,8 +167,8 @@ class ClusterService(service.Service):
             self.machine.local_health(False, self._vip_error)
         elif not self.vips.link_up():
             self.machine.local_health(False, f"interface {self.local.interface} is down")
-        elif not self.proxy.running:
-            self.machine.local_health(False, "the proxy is not running")
+        elif not self.proxy.serving():
+            self.machine.local_health(False, "the proxy is not serving")
         else:
             self.machine.local_health(True)
 

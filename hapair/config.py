@@ -9,6 +9,7 @@ forgetting to filter it: it only ever serialises `ClusterConfig`.
 from __future__ import annotations
 
 import enum
+import os
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Mapping, Union
@@ -219,8 +220,19 @@ class NodeConfig:
     name: str
     state_dir: str = "/var/lib/hapair"
     control_socket: str = "/run/hapair/control.sock"
+    #: Proxy worker processes; None: one per core; 0: the proxy runs in the supervisor's own reactor.
+    workers: int | None = None
     ha: NodeHA | None = None
     appliance: Mapping[str, object] = field(default_factory=dict)
+
+
+#: More worker processes than this buys nothing on an appliance and costs descriptors per listener.
+MAX_WORKERS = 64
+
+
+def worker_count(node: NodeConfig) -> int:
+    """How many proxy workers `node` runs (0: none, the proxy is in the supervisor)."""
+    return node.workers if node.workers is not None else (os.cpu_count() or 1)
 
 
 #: The node-local settings of the guide's appendix 6, as keys of the `node` section.

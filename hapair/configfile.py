@@ -19,6 +19,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from hapair.timers import Timers
 from hapair.config import (
+    MAX_WORKERS,
     NODE_LOCAL_APPLIANCE_KEYS,
     AddressRange,
     AdminState,
@@ -305,22 +306,24 @@ class _Reader:
         return Config(node=node, cluster=cluster)
 
     def node_section(self, node: Node, path: str) -> NodeConfig:
-        allowed = ("name", "state_dir", "control_socket", "ha") + NODE_LOCAL_APPLIANCE_KEYS
+        allowed = ("name", "state_dir", "control_socket", "workers", "ha") + NODE_LOCAL_APPLIANCE_KEYS
         items = self.mapping(node, path, allowed)
         if items is None:
             return _BAD
         name = self.field(items, node, path, "name", self.label)
         state_dir = self.field(items, node, path, "state_dir", self.text, NodeConfig.state_dir)
         control = self.field(items, node, path, "control_socket", self.text, NodeConfig.control_socket)
+        workers = self.field(items, node, path, "workers", self.integer(0, MAX_WORKERS), NodeConfig.workers)
         ha = self.field(items, node, path, "ha", lambda n: self.node_ha(n, f"{path}.ha"), None)
         appliance = {
             key: self._constructor.construct_object(items[key], deep=True)
             for key in NODE_LOCAL_APPLIANCE_KEYS
             if key in items
         }
-        if _BAD in (name, state_dir, control, ha):
+        if _BAD in (name, state_dir, control, workers, ha):
             return _BAD
-        return NodeConfig(name=name, state_dir=state_dir, control_socket=control, ha=ha, appliance=appliance)
+        return NodeConfig(name=name, state_dir=state_dir, control_socket=control, workers=workers, ha=ha,
+                          appliance=appliance)  # fmt: skip
 
     def node_ha(self, node: Node, path: str) -> NodeHA:
         items = self.mapping(node, path, ("peer", "interface", "paths", "key_file", "ping_nodes", "hooks",

@@ -6,7 +6,6 @@ the CLI prints is what the daemon did.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable
 
@@ -15,23 +14,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IListeningPort
 from twisted.protocols import amp
 
-
-class JSON(amp.Argument):
-    """A JSON document of any size: AMP caps one value at 64 KiB, so it travels in numbered chunks."""
-
-    CHUNK = amp.MAX_VALUE_LENGTH
-
-    def toBox(self, name: bytes, strings: dict, objects: dict, proto: amp.AMP) -> None:
-        data = json.dumps(objects[name.decode()], separators=(",", ":")).encode()
-        chunks = [data[i : i + self.CHUNK] for i in range(0, len(data), self.CHUNK)] or [b""]
-        strings[name] = str(len(chunks)).encode()
-        for i, chunk in enumerate(chunks):
-            strings[name + b".%d" % i] = chunk
-
-    def fromBox(self, name: bytes, strings: dict, objects: dict, proto: amp.AMP) -> None:
-        count = int(strings[name])
-        data = b"".join(strings[name + b".%d" % i] for i in range(count))
-        objects[name.decode()] = json.loads(data)
+from hapair.ampargs import JSON
 
 
 class UnknownServerError(Exception):
@@ -99,8 +82,8 @@ class ControlProtocol(amp.AMP):
         self.daemon = daemon
 
     @Status.responder
-    def status(self) -> dict:
-        return {"status": self.daemon.status()}
+    def status(self) -> defer.Deferred:
+        return defer.maybeDeferred(self.daemon.status).addCallback(lambda status: {"status": status})
 
     @SetAdminState.responder
     def set_admin_state(self, server: str, state: str, vs: str | None, clear_persistence: bool) -> dict:

@@ -17,8 +17,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from hapair import configfile, control
-from hapair.config import AdminState, Config
+from hapair.config import AdminState, Config, worker_count
 from proxy.service import ProxyService, UnknownServer
+from proxy.supervisor import Supervisor
 
 log = Logger(namespace="hapair.daemon")
 
@@ -26,7 +27,8 @@ log = Logger(namespace="hapair.daemon")
 class Daemon:
     def __init__(self, config_path: str, config: Config, reactor: Any):
         self.config_path, self.config, self.reactor = config_path, config, reactor
-        self.proxy = ProxyService(config.cluster, reactor)
+        workers = worker_count(config.node)
+        self.proxy = Supervisor(config.cluster, workers, reactor) if workers else ProxyService(config.cluster, reactor)
         self.cluster = self.replication = None
         if config.node.ha is not None:
             from hapair.cluster import ClusterService
@@ -50,15 +52,19 @@ class Daemon:
 
     # --- control commands ---------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "node": self.config.node.name,
-            "pid": os.getpid(),
-            "config": os.path.abspath(self.config_path),
-            "cluster": self.cluster.status() if self.cluster is not None else None,
-            "replication": self.replication.status() if self.replication is not None else None,
-            "virtual_services": self.proxy.snapshot(),
-        }
+    def status(self) -> defer.Deferred:
+        def whole(services: list) -> dict[str, Any]:
+            return {
+                "node": self.config.node.name,
+                "pid": os.getpid(),
+                "config": os.path.abspath(self.config_path),
+                "workers": self.proxy.workers_status() if isinstance(self.proxy, Supervisor) else [],
+                "cluster": self.cluster.status() if self.cluster is not None else None,
+                "replication": self.replication.status() if self.replication is not None else None,
+                "virtual_services": services,
+            }
+
+        return defer.maybeDeferred(self.proxy.snapshot).addCallback(whole)
 
     def failover(self, force: bool) -> defer.Deferred:
         if self.cluster is None:
@@ -168,24 +174,15 @@ class Daemon:
 def run(config_path: str) -> int:
     """Runs the daemon in the foreground until SIGTERM/SIGINT; returns the exit status."""
     from twisted.internet import reactor
-    from twisted.logger import (
-        FilteringLogObserver,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogBeginner,
-        textFileLogObserver,
-    )
+
+    from hapair import logs
 
     try:
         config = configfile.load(config_path)
     except configfile.ConfigError as e:
         print(f"hapair: not starting, {config_path} has errors:\n{e}", file=sys.stderr)
         return 2
-    # hapair's own events at info; the libraries' (AMP connection chatter, port opened) from warn up.
-    levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
-    levels.setLogLevelForNamespace("hapair", LogLevel.info)
-    observer = FilteringLogObserver(textFileLogObserver(sys.stdout), [levels])
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    logs.begin(sys.stdout)
     try:
         daemon = Daemon(config_path, config, reactor)
         daemon.top.privilegedStartService()

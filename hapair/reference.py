@@ -19,6 +19,7 @@ SECTIONS: list[tuple[str, type, dict[str, tuple[str, str]]]] = [
         "name": ("label", "this node's name, as its peer knows it"),
         "state_dir": ("path", "keys, certificates, the pinned peer, the replicated version"),
         "control_socket": ("path", "the UNIX socket the CLI talks to (mode 0660, group hapair)"),
+        "workers": ("0-64", "proxy worker processes; blank: one per core; 0: the proxy runs in the supervisor"),
         "ha": ("mapping", "this node's side of a pair (below); absent: a single node"),
         "appliance": ("-", "hostname, dns, network, routing, date_time, physical_advanced, snmp, graphing, "
                            "firewall_script, firewall_lockdown_script, software_updates: kept as written, "

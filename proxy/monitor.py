@@ -61,10 +61,10 @@ class HealthMonitor:
         self,
         reactor: object,
         pool: Pool,
-        on_down: Callable[[Pool, str], None],
+        on_change: Callable[[Pool, str, bool], None],
         prober: Prober = probe,
     ):
-        self.reactor, self.pool, self.on_down, self.prober = reactor, pool, on_down, prober
+        self.reactor, self.pool, self.on_change, self.prober = reactor, pool, on_change, prober
         self.checks: dict[str, _ServerCheck] = {}
 
     def start(self) -> None:
@@ -99,4 +99,4 @@ class HealthMonitor:
             log.info("{vs}/{server} is UP", vs=vs, server=label)
         else:
             log.warn("{vs}/{server} is DOWN: {why}", vs=vs, server=label, why=why)
-            self.on_down(self.pool, label)
+        self.on_change(self.pool, label, up)

@@ -58,6 +58,8 @@ class Pool:
         self.persistence = (
             PersistenceTable(p.timeout, p.table_size, clock) if p.mode is PersistenceMode.SOURCE_IP else None
         )
+        #: Processes sharing this service's clients (workers): each takes its share of maxconn.
+        self.share = 1
         #: Called with (source, server) when persistence sticks a client to a server it was not stuck to:
         #: what a slave needs to send the client to the same server after a failover.
         self.on_assign: Callable[[str, str], None] | None = None
@@ -85,7 +87,7 @@ class Pool:
         return server
 
     def at_maxconn(self) -> bool:
-        return self.counters.current >= self.service.maxconn
+        return self.counters.current * self.share >= self.service.maxconn
 
     def set_admin_state(self, label: str, state: AdminState, clear_persistence: bool = False) -> ServerState:
         server = self.servers[label]

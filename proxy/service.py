@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import socket
-from typing import TextIO
+from typing import Callable, TextIO
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -73,22 +73,41 @@ class ProxyRuntime:
         self.loop.close()
 
 
+def rebound(old: ClusterConfig, new: ClusterConfig) -> set[str]:
+    """Labels of the services of `new` that need listeners made: new ones, and those whose address or
+    ports changed (they are closed and made again)."""
+    was = {vs.label: (vs.ip, vs.ports) for vs in old.virtual_services}
+    return {vs.label for vs in new.virtual_services if was.get(vs.label) != (vs.ip, vs.ports)}
+
+
 class UnknownServer(KeyError):
     pass
 
 
 class ProxyService(service.Service):
-    def __init__(self, cluster: ClusterConfig, reactor: Any = None, out: TextIO | None = None):
+    """Pools, listeners and sessions (`serve`), and health checks (`check`).
+
+    In one process both; with workers, the supervisor's instance only checks and decides (its pools hold
+    health and admin states, `proxy.supervisor` forwards them) and each worker's only serves, on
+    listening sockets the supervisor made (`sockets`)."""
+
+    def __init__(self, cluster: ClusterConfig, reactor: Any = None, out: TextIO | None = None, serve: bool = True,
+                 check: bool = True, sockets: Callable[[str, int], socket.socket] = listening_socket,
+                 share: int = 1):  # fmt: skip
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
-        self.runtime = ProxyRuntime(reactor, out)
+        self.serve, self.check, self.share = serve, check, share
+        self._socket_for = sockets
+        self.runtime = ProxyRuntime(reactor, out) if serve else None
         self.cluster = cluster
         self.pools: dict[str, Pool] = {}
         self.monitors: dict[str, HealthMonitor] = {}
         self.ports: dict[str, dict[int, Listener]] = {}
         #: (service, source, server, seconds left) for each new persistence assignment; set by replication.
         self.on_persist: Any = None
+        #: (service, server, up) on each health transition; set by the supervisor of workers.
+        self.on_health: Any = None
         self._sweeper = task.LoopingCall(self.sweep)
         self._sweeper.clock = reactor
 
@@ -112,9 +131,10 @@ class ProxyService(service.Service):
         if self._sweeper.running:
             self._sweeper.stop()
         stopped = [self._remove(label) for label in list(self.pools)]
-        for session in list(self.runtime.sessions):
-            session.abort("proxy stopping")
-        self.runtime.log.flush()
+        if self.serve:
+            for session in list(self.runtime.sessions):
+                session.abort("proxy stopping")
+            self.runtime.log.flush()
         return defer.gatherResults(stopped)
 
     def _start_sweeper(self) -> None:
@@ -128,23 +148,28 @@ class ProxyService(service.Service):
 
     def _add(self, vs: VirtualService, bound: dict | None = None) -> None:
         pool = Pool(vs, self.reactor)
+        pool.share = self.share
         pool.on_assign = lambda source, server, label=vs.label: self._assigned(label, source, server)
         ports: dict[int, Listener] = {}
-        try:
-            for port in vs.ports:
-                sock = (bound or {}).pop((str(vs.ip), port), None) or listening_socket(str(vs.ip), port)
-                ports[port] = Listener(self.runtime, pool, str(vs.ip), port, sock)
-        except Exception:
-            for p in ports.values():
-                p.close()
-            raise
+        if self.serve:
+            try:
+                for port in vs.ports:
+                    sock = (bound or {}).pop((str(vs.ip), port), None) or self._socket_for(str(vs.ip), port)
+                    ports[port] = Listener(self.runtime, pool, str(vs.ip), port, sock)
+            except Exception:
+                for p in ports.values():
+                    p.close()
+                raise
+            log.info("{vs} listening on {ip} ports {ports}", vs=vs.label, ip=vs.ip, ports=",".join(map(str, vs.ports)))
         self.pools[vs.label] = pool
         self.ports[vs.label] = ports
-        self.monitors[vs.label] = HealthMonitor(self.reactor, pool, self._server_down)
-        log.info("{vs} listening on {ip} ports {ports}", vs=vs.label, ip=vs.ip, ports=",".join(map(str, vs.ports)))
+        if self.check:
+            self.monitors[vs.label] = HealthMonitor(self.reactor, pool, self._health_changed)
 
     def _remove(self, label: str) -> defer.Deferred:
-        self.monitors.pop(label).stop()
+        monitor = self.monitors.pop(label, None)
+        if monitor is not None:
+            monitor.stop()
         self.pools.pop(label)
         for listener in self.ports.pop(label).values():
             listener.close()
@@ -157,18 +182,19 @@ class ProxyService(service.Service):
         fails, having changed nothing, when a new address and port cannot be bound."""
         new = {vs.label: vs for vs in cluster.virtual_services}
         old = {vs.label: vs for vs in self.cluster.virtual_services}
-        rebind = [label for label in new.keys() & old.keys() if (new[label].ip, new[label].ports) != (old[label].ip, old[label].ports)]
+        moved = rebound(self.cluster, cluster)
+        rebind = moved & old.keys()
         # Bind every address and port that is new to this node before touching anything; ours that
         # only move between services are re-bound once their old listener is closed.
         ours = {(str(vs.ip), port) for vs in old.values() for port in vs.ports}
         bound: dict[tuple[str, int], Any] = {}
         try:
-            for label in (new.keys() - old.keys()) | set(rebind):
+            for label in moved if self.serve else ():
                 for port in new[label].ports:
                     key = (str(new[label].ip), port)
                     if key not in ours:
-                        bound[key] = listening_socket(*key)
-        except OSError as e:
+                        bound[key] = self._socket_for(*key)
+        except (OSError, KeyError) as e:
             for sock in bound.values():
                 sock.close()
             return defer.fail(OSError(e.errno, f"cannot listen on {key[0]} port {key[1]}: {e.strerror}"))
@@ -179,12 +205,12 @@ class ProxyService(service.Service):
             for label, vs in new.items():
                 if label not in self.pools:
                     self._add(vs, bound)
-                    if self.running:
+                    if self.running and label in self.monitors:
                         self.monitors[label].start()
                 elif vs != self.pools[label].service:
                     restart = vs.health_check != old[label].health_check or vs.real_servers != old[label].real_servers
                     self.pools[label].update(vs)
-                    if restart and self.running:
+                    if restart and self.running and label in self.monitors:
                         self.monitors[label].restart()
             self.cluster = cluster
             if self.running:
@@ -216,13 +242,56 @@ class ProxyService(service.Service):
             if pool is not None and pool.persistence is not None:
                 self.on_persist(label, source, server, pool.persistence.timeout)
 
-    def _server_down(self, pool: Pool, label: str) -> None:
-        if not pool.service.health_check.shutdown_sessions:
+    def _health_changed(self, pool: Pool, label: str, up: bool) -> None:
+        if self.on_health is not None:
+            self.on_health(pool.service.label, label, up)
+        if up or not self.serve or not pool.service.health_check.shutdown_sessions:
             return
         for session in [s for s in self.runtime.sessions if s.pool is pool and s.server_state.label == label]:
             session.abort("real server down")
 
+    def set_health(self, service_label: str, server: str, up: bool) -> None:
+        """A health result decided elsewhere (the supervisor's checks, for a worker)."""
+        pool = self.pools.get(service_label)
+        if pool is not None and server in pool.servers and pool.set_health(server, up):
+            self._health_changed(pool, server, up)
+
+    # --- persistence and admin states, as replication sees them -------------------------------------
+
+    def persistence_entries(self) -> defer.Deferred:
+        """[service, source, server, seconds left] for every live entry."""
+        entries = []
+        for label, pool in self.pools.items():
+            if pool.persistence is not None:
+                entries += [[label, src, srv, left] for src, srv, left in pool.persistence.entries()]
+        return defer.succeed(entries)
+
+    def restore_persistence(self, entries: list) -> None:
+        """Entries a peer (or the supervisor) reported; those naming an unknown service or server go."""
+        batches: dict[str, list[tuple[str, str, float]]] = {}
+        for service_label, source, server, remaining in entries:
+            pool = self.pools.get(service_label)
+            if pool is not None and pool.persistence is not None and server in pool.servers:
+                batches.setdefault(service_label, []).append((str(source), str(server), float(remaining)))
+        for service_label, batch in batches.items():
+            self.pools[service_label].persistence.restore_many(batch)
+
+    def admin_states(self) -> list[list[str]]:
+        """[service, server, state] for every server, online included."""
+        return [[label, s.label, s.admin.value] for label, pool in self.pools.items() for s in pool.servers.values()]
+
+    def restore_admin_states(self, states: list) -> None:
+        for service_label, server, state in states:
+            pool = self.pools.get(service_label)
+            if pool is not None and server in pool.servers:
+                pool.set_admin_state(server, AdminState(state))
+
+    def serving(self) -> bool:
+        return self.running
+
     def sweep(self) -> None:
+        if not self.serve:
+            return
         now = self.runtime.now
         expired = []
         for session in self.runtime.sessions:
@@ -234,6 +303,7 @@ class ProxyService(service.Service):
         for pool in self.pools.values():
             if pool.persistence is not None:
                 pool.persistence.purge()
+        self.runtime.pipes.trim()
 
     # --- status -------------------------------------------------------------------------------------
 

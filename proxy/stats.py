@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 
+#: The counters that count traffic (summed over workers), as opposed to health_changes (decided once).
+TRAFFIC = ("current", "total", "bytes_in", "bytes_out", "refused", "failed")
+
+
 @dataclass
 class Counters:
     current: int = 0

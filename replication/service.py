@@ -18,7 +18,6 @@ from twisted.internet import defer, endpoints, protocol, task, threads
 from twisted.logger import Logger
 
 from hapair import configfile
-from hapair.config import AdminState
 from replication import identity as ident
 from replication.channel import (
     Fetch,
@@ -293,17 +292,19 @@ class ReplicationService(service.Service):
     def _send_snapshot(self) -> None:
         if not self.is_master() or self.outgoing is None:
             return
-        entries, admin = [], []
-        for label, pool in self.daemon.proxy.pools.items():
-            if pool.persistence is not None:
-                entries += [[label, src, srv, left] for src, srv, left in pool.persistence.entries()]
-            # Every server's state, online included: a server brought back online must come back on the
-            # slave too.
-            admin += [[label, s.label, s.admin.value] for s in pool.servers.values()]
-        chunks = [entries[i : i + SNAPSHOT_CHUNK] for i in range(0, len(entries), SNAPSHOT_CHUNK)] or [[]]
-        for i, chunk in enumerate(chunks):
-            d = self.outgoing.callRemote(Persist, entries=chunk, admin=admin if i == 0 else [])
-            d.addErrback(self._failed, "snapshot")
+        proxy = self.daemon.proxy
+        # Every server's state, online included: a server brought back online must come back on the slave too.
+        admin = proxy.admin_states()
+
+        def send(entries: list) -> None:
+            if self.outgoing is None:
+                return
+            chunks = [entries[i : i + SNAPSHOT_CHUNK] for i in range(0, len(entries), SNAPSHOT_CHUNK)] or [[]]
+            for i, chunk in enumerate(chunks):
+                d = self.outgoing.callRemote(Persist, entries=chunk, admin=admin if i == 0 else [])
+                d.addErrback(self._failed, "snapshot")
+
+        proxy.persistence_entries().addCallback(send).addErrback(self._failed, "snapshot")
 
     def admin_changed(self) -> None:
         self._send_snapshot()
@@ -314,18 +315,8 @@ class ReplicationService(service.Service):
             self.handshake(self.outgoing)
 
     def persisted(self, entries: list, admin: list) -> None:
-        pools = self.daemon.proxy.pools
-        batches: dict[str, list[tuple[str, str, float]]] = {}
-        for service_label, source, server, remaining in entries:
-            pool = pools.get(service_label)
-            if pool is not None and pool.persistence is not None and server in pool.servers:
-                batches.setdefault(service_label, []).append((str(source), str(server), float(remaining)))
-        for service_label, batch in batches.items():
-            pools[service_label].persistence.restore_many(batch)
-        for service_label, server, state in admin:
-            pool = pools.get(service_label)
-            if pool is not None and server in pool.servers:
-                pool.set_admin_state(server, AdminState(state))
+        self.daemon.proxy.restore_persistence(entries)
+        self.daemon.proxy.restore_admin_states(admin)
 
     # --- pairing ------------------------------------------------------------------------------------
 

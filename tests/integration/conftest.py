@@ -70,9 +70,29 @@ class Node:
     def service(self, label: str) -> dict:
         return next(vs for vs in self.status()["virtual_services"] if vs["label"] == label)
 
+    def pids(self) -> list[int]:
+        """The daemon and its proxy workers."""
+        found, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    todo += [int(p) for p in f.read().split()]
+            except OSError:
+                pass
+        return found
+
     def rss_kib(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+        """Resident memory of the daemon and its workers."""
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    total += int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+            except OSError:
+                pass
+        return total
 
     def stop(self) -> None:
         self.proc.stop()

@@ -7,7 +7,9 @@ points (`ip neigh`), and whether TCP connections to the VIP succeed through the 
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -293,3 +295,31 @@ def test_hooks_run_in_order_on_every_transition_with_the_state_and_vips(lab, pai
         f"lb1 init master {VIP}", "second", f"lb1 master slave {VIP}", "second"]
     assert (tmp_path / "lb2.log").read_text().splitlines() == [
         f"lb2 init slave {VIP}", "second", f"lb2 slave master {VIP}", "second"]
+
+
+def test_a_master_whose_workers_cannot_be_kept_running_stands_down(lab, pair):
+    """One crash costs only that worker's clients a restart; workers that stay down past the grace
+    period make the master release the VIPs, since it can no longer serve them."""
+    lb1, lb2 = pair()
+    victim = lb1.status()["workers"][0]["pid"]
+    os.kill(victim, signal.SIGKILL)  # a single crash: restarted, no failover
+    lb1.wait_log(r"proxy worker 0 ready \(pid (?!%d\))" % victim, timeout=5)
+    time.sleep(2 * INTERVAL)
+    assert lab.holds("lb1", VIP) and not lab.holds("lb2", VIP)
+    serves_through(lab, lb1)
+
+    deadline = time.monotonic() + 6  # bounded: kill every new worker 0 for at most 6 s
+    while time.monotonic() < deadline and not lab.holds("lb2", VIP):
+        for pid in lb1.pids()[1:]:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read().split(b"\0")[-3:-1] == [b"3", b"0"]:
+                        os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.05)
+    assert lab.holds("lb2", VIP), "lb2 did not take over from a master without its workers"
+    lb1.wait_log(r"MASTER -> FAULT: the proxy is not serving", timeout=3)
+    points_at(lab, "lb2")
+    serves_through(lab, lb2)
+    lb1.wait_log(r"FAULT -> SLAVE: healthy again", timeout=10)  # left alone, worker 0 comes back

@@ -1,0 +1,67 @@
+"""Proxy worker processes on shared listeners: persistence exact across workers, and a worker's death.
+
+lb1 runs the guide's services with two workers. Each listening port is a SO_REUSEPORT group with one
+socket per worker and a BPF program steering each source address to one worker; without it a client's
+connections would be spread over workers with separate persistence tables.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from hapair.lab import CLIENT_EXTRA, VIP, guide_config
+from proxy.steering import worker_of
+from tests.integration.conftest import Node, greeting
+
+WORKERS = 2
+RPC_PORTS = (135, 60200, 60201)
+
+
+@pytest.fixture(scope="module")
+def lb1(lab):
+    node = Node(lab, "lb1", guide_config("lb1", lab.dir, lambda doc: doc["node"].update(workers=WORKERS)))
+    node.wait_log(r"proxy worker 1 ready")
+    lab.add_address("lb1", VIP)
+    lab.wait_port("client", VIP, 135)
+    yield node
+    lab.del_address("lb1", VIP)
+    node.stop()
+
+
+def workers(node: Node) -> list[dict]:
+    return node.status()["workers"]
+
+
+def test_each_client_sticks_to_one_server_across_ports_and_workers(lab, lb1):
+    before = [w["sessions"] for w in workers(lb1)]
+    entries_before = lb1.service("CAS-RPC")["persistence_entries"]  # the fixture's own probe of port 135
+    stuck: dict[str, set[str]] = {}
+    for _ in range(2):
+        for source in CLIENT_EXTRA:
+            for port in RPC_PORTS:
+                stuck.setdefault(source, set()).add(lab.call("client", greeting, VIP, port, source).split()[0])
+    assert all(len(labels) == 1 for labels in stuck.values()), stuck
+    assert set().union(*stuck.values()) == {"CAS1", "CAS2"}
+    after = workers(lb1)
+    # Both workers carried clients, each the sources steered to it: 6 connections per source.
+    expected = [6 * sum(1 for s in CLIENT_EXTRA if worker_of(s, WORKERS) == i) for i in range(WORKERS)]
+    assert [w["sessions"] - b for w, b in zip(after, before)] == expected
+    rpc = lb1.service("CAS-RPC")
+    assert rpc["persistence_entries"] - entries_before == len(CLIENT_EXTRA)
+
+
+def test_a_killed_worker_is_started_again_on_the_same_socket(lab, lb1):
+    victim = workers(lb1)[0]
+    source = next(s for s in CLIENT_EXTRA if worker_of(s, WORKERS) == 0)
+    offset = len(lb1.log())
+    os.kill(victim["pid"], signal.SIGKILL)
+    lb1.wait_log(r"proxy worker 0 \(pid \d+\) ended", after=offset, timeout=5)
+    # Connections wait in the backlog of the worker's socket until its successor serves it.
+    assert lab.call("client", greeting, VIP, 135, source).split()[0] in ("CAS1", "CAS2")
+    lb1.wait_log(r"proxy worker 0 ready", after=offset, timeout=5)
+    now = workers(lb1)[0]
+    assert now["pid"] != victim["pid"] and now["ready"] and now["restarts"] == victim["restarts"] + 1
+    assert lb1.status()["cluster"] is None  # a single node: nothing to fail over, it just serves again

@@ -1,0 +1,59 @@
+"""Source steering: the BPF program's arithmetic, and the kernel following it on real loopback sockets."""
+
+from __future__ import annotations
+
+import select
+import socket
+
+import pytest
+
+from proxy import steering
+
+
+def test_the_program_reads_the_source_relative_to_the_network_header():
+    # Offset 12 without SKF_NET_OFF reads the TCP header and silently steers everything to socket 0.
+    load, mod, ret = steering.program(4, 3)
+    assert load[3] == (steering.SKF_NET_OFF + 12) & 0xFFFFFFFF
+    assert mod[3] == 3
+    assert steering.program(6, 2)[0][3] == (steering.SKF_NET_OFF + 20) & 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("source, workers, expected", [
+    ("198.18.0.101", 2, 1), ("198.18.0.102", 2, 0), ("198.18.0.102", 3, (0xC6120066) % 3),
+    ("2001:db8::7", 4, 3), ("2001:db8::1:0:5", 2, 1),
+])  # fmt: skip
+def test_worker_of_is_the_address_modulo_the_workers(source, workers, expected):
+    assert steering.worker_of(source, workers) == expected
+
+
+def _accepting(socks: list[socket.socket]) -> int:
+    ready, _, _ = select.select(socks, [], [], 2)
+    assert ready, "no socket of the group accepted"
+    conn, _ = ready[0].accept()
+    conn.close()
+    return socks.index(ready[0])
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_the_kernel_steers_every_connection_of_a_source_to_its_worker(workers):
+    socks = steering.group("127.0.0.1", _free_port(), workers)
+    port = socks[0].getsockname()[1]
+    try:
+        seen: dict[str, set[int]] = {}
+        for last in range(2, 40):
+            source = f"127.0.0.{last}"
+            for _ in range(3):
+                c = socket.create_connection(("127.0.0.1", port), timeout=2, source_address=(source, 0))
+                seen.setdefault(source, set()).add(_accepting(socks))
+                c.close()
+        assert all(found == {steering.worker_of(src, workers)} for src, found in seen.items()), seen
+        assert {i for found in seen.values() for i in found} == set(range(workers))
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
