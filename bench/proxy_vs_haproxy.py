@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """hapair against HAProxy: the same loopback workloads through each, side by side in one run.
 
-What it measures, each workload once through the hapair daemon and once through Debian's haproxy
-(mode tcp, balance roundrobin), with the same parameters:
+What it measures, each workload through the hapair daemon, through Debian's haproxy as shipped (mode tcp,
+balance roundrobin) and through haproxy with its own zero-copy (`option splice-auto`, `tune.pipesize
+1048576`), with the same parameters:
 
   bulk 1 stream   iperf3 -c ... -t D -J            Gbit/s received, proxy CPU ms per Gbit
   bulk 8 streams  iperf3 -c ... -t D -P 8 -J       the same
@@ -12,25 +13,29 @@ What it measures, each workload once through the hapair daemon and once through 
 
 How:
   * Everything stays on 127.0.0.1, ports 18101-18203. Nothing is sent anywhere else.
-  * The proxy under test runs on CPU 0 (`taskset -c 0`); the backends (iperf3 server, nginx with a
-    1 KiB body, a Python asyncio server that holds connections) and the load generators (iperf3
-    client, wrk, the idle-connection client) run on CPU 1.
+  * --cores 1 (the default): the proxy under test runs on CPU 0 (`taskset -c 0`; hapair with one worker,
+    haproxy with one thread); the backends (iperf3 server, nginx with a 1 KiB body, a Python asyncio
+    server that holds connections) and the load generators (iperf3 client, wrk, the idle-connection
+    client) run on CPU 1. --cores 2: hapair with two workers and haproxy with two threads, all of it
+    sharing both CPUs, to show the scaling (the load generator competes for the same cores).
   * hapair runs as the real daemon (`python3 -m hapair --config FILE run`), one virtual service per
     workload port with source-IP persistence and a connect health check every 2 s. haproxy runs in the
     foreground (`-db`), one `listen` per workload with one server, checked every 2 s as well. Both
     proxies run for the whole benchmark; each workload goes through hapair, then through haproxy.
-  * Proxy CPU is utime+stime from /proc/PID/stat, read before and after each run; memory is VmRSS from
-    /proc/PID/status. The idle-memory test runs first, on freshly started proxies, so that memory
+  * Proxy CPU is utime+stime from /proc/PID/stat of the proxy and its descendants (hapair's workers),
+    read before and after each run; memory is VmRSS from /proc/PID/status, summed the same way. The idle-memory test runs first, on freshly started proxies, so that memory
     freed by the other workloads cannot hide the cost of new connections.
   * hapair logs one line per session (its design); haproxy is configured without logging.
 
 Run, as root, from the repository (`bash tools/install-deps` installs haproxy, iperf3, wrk, nginx):
 
-    python3 bench/proxy_vs_haproxy.py [--duration N] [--quick] [--keep]
+    python3 bench/proxy_vs_haproxy.py [--duration N] [--quick] [--keep] [--cores 1|2] [--workers N]
+                                      [--only WORKLOAD ...]
 
 --duration is the length of each timed workload in seconds (default 8: about 1.5 minutes in all);
 --quick is a one-minute smoke run (2 s workloads); --keep leaves the temporary directory (configs and
-logs of every process) in place. The table goes to stdout and to bench/results/proxy-<timestamp>.txt.
+logs of every process) in place; --workers overrides hapair's worker count (0: the proxy in the supervisor
+process); --only runs the named workloads. The table goes to stdout and to bench/results/proxy-<timestamp>.txt.
 Every process the script starts is tracked by PID and stopped in a `finally`, Ctrl-C included.
 """
 
@@ -61,12 +66,16 @@ from typing import Callable
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 HOST = "127.0.0.1"
-PROXY_CPU, LOAD_CPU = "0", "1"
+#: Where the proxies and the load run: set by --cores (1: proxy on CPU 0, load on CPU 1; 2: all share both).
+CPUS = {"proxy": "0", "load": "1"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 WORKLOADS = ("bulk1", "bulk8", "keepalive", "newconn", "idle")
 HAPAIR_PORTS = {w: 18101 + i for i, w in enumerate(WORKLOADS)}
 HAPROXY_PORTS = {w: 18111 + i for i, w in enumerate(WORKLOADS)}
+SPLICE_PORTS = {w: 18121 + i for i, w in enumerate(WORKLOADS)}
+#: The proxies compared, in the table's column order: haproxy as shipped, then with its own zero-copy.
+PROXIES = ("hapair", "haproxy", "haproxy-splice")
 IPERF_PORT, NGINX_PORT, HOLDER_PORT = 18201, 18202, 18203
 BACKEND_PORTS = {"bulk1": IPERF_PORT, "bulk8": IPERF_PORT, "keepalive": NGINX_PORT, "newconn": NGINX_PORT,
                  "idle": HOLDER_PORT}  # fmt: skip
@@ -226,26 +235,60 @@ def established_to(port: int) -> int:
     return sum(1 for _, remote in tcp_sockets("01") if remote == port)
 
 
-def cpu_seconds(pid: int) -> float:
+def _stat(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as f:
         stat = f.read()
-    fields = stat[stat.rindex(")") + 2 :].split()  # fields from the 3rd (state) on
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime: the 14th and 15th
+    return stat[stat.rindex(")") + 2 :].split()  # fields from the 3rd (state) on
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and its descendants (hapair's proxy workers; haproxy and taskset exec in place)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                children.setdefault(int(_stat(int(entry))[1]), []).append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += children.get(p, [])
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` and its live descendants."""
+    total = 0.0
+    for p in tree(pid):
+        try:
+            fields = _stat(p)
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime: the 14th and 15th
+    return total
 
 
 def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise BenchError(f"no VmRSS for pid {pid}")
+    """VmRSS of `pid` and its descendants."""
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            pass
+    if not total:
+        raise BenchError(f"no VmRSS for pid {pid}")
+    return total
 
 
 # --- backends -----------------------------------------------------------------------------------------
 
 
 def start_iperf_server(procs: Processes) -> Proc:
-    proc = procs.start("iperf3-server", ["iperf3", "-s", "-B", HOST, "-p", str(IPERF_PORT)], LOAD_CPU)
+    proc = procs.start("iperf3-server", ["iperf3", "-s", "-B", HOST, "-p", str(IPERF_PORT)], CPUS["load"])
     wait_until(f"iperf3 on {IPERF_PORT}", lambda: listening(IPERF_PORT), 10, proc)
     return proc
 
@@ -276,14 +319,14 @@ def start_nginx(procs: Processes, workdir: Path) -> Proc:
             }}
         }}
     """))
-    proc = procs.start("nginx", ["nginx", "-p", str(base), "-c", str(conf), "-e", f"{base}/error.log"], LOAD_CPU)
+    proc = procs.start("nginx", ["nginx", "-p", str(base), "-c", str(conf), "-e", f"{base}/error.log"], CPUS["load"])
     wait_until(f"nginx on {NGINX_PORT}", lambda: listening(NGINX_PORT), 10, proc)
     return proc
 
 
 def start_holder(procs: Processes) -> Proc:
     argv = [sys.executable, str(Path(__file__).resolve()), "--role", "holder", "--port", str(HOLDER_PORT)]
-    proc = procs.start("idle-holder", argv, LOAD_CPU)
+    proc = procs.start("idle-holder", argv, CPUS["load"])
     wait_until(f"the idle holder on {HOLDER_PORT}", lambda: listening(HOLDER_PORT), 10, proc)
     return proc
 
@@ -304,7 +347,7 @@ class Proxy:
         return self.proc.pid
 
 
-def hapair_config(workdir: Path) -> str:
+def hapair_config(workdir: Path, workers: int) -> str:
     services = []
     for workload in WORKLOADS:
         services.append(textwrap.dedent(f"""\
@@ -319,55 +362,59 @@ def hapair_config(workdir: Path) -> str:
                 - {{label: backend, ip: {HOST}, port: {BACKEND_PORTS[workload]}}}
         """))
     return (
-        f"node:\n  name: bench\n  state_dir: {workdir}\n  control_socket: {workdir}/ctl.sock\n"
+        f"node:\n  name: bench\n  state_dir: {workdir}\n  control_socket: {workdir}/ctl.sock\n  workers: {workers}\n"
         "cluster:\n  virtual_services:\n" + textwrap.indent("".join(services), "    ")
     )
 
 
-def start_hapair(procs: Processes, workdir: Path) -> Proxy:
+def start_hapair(procs: Processes, workdir: Path, workers: int) -> Proxy:
     path = workdir / "hapair.yaml"
-    path.write_text(hapair_config(workdir))
-    proc = procs.start("hapair", [sys.executable, "-m", "hapair", "--config", str(path), "run"], PROXY_CPU)
+    path.write_text(hapair_config(workdir, workers))
+    proc = procs.start("hapair", [sys.executable, "-m", "hapair", "--config", str(path), "run"], CPUS["proxy"])
 
     def all_listening() -> bool:
         out = proc.output()
-        return all(f"{w} listening" in out for w in WORKLOADS)
+        return all(f"{w} listening" in out for w in WORKLOADS) and out.count("serving") >= workers
 
-    wait_until("hapair's '<label> listening' lines", all_listening, 30, proc)
+    wait_until("hapair's '<label> listening' and 'worker ... serving' lines", all_listening, 30, proc)
     return Proxy("hapair", proc, HAPAIR_PORTS)
 
 
-def haproxy_config() -> str:
+def haproxy_config(ports: dict[str, int], splice: bool, threads: int) -> str:
     # maxconn 12000 asks for 24,000 descriptors, above the machine's hard limit of 20,000, which haproxy
     # 2.6 refuses by default (strict-limits); the 5,000 idle connections need 10,000, so run with less.
     text = textwrap.dedent("""\
         global
             maxconn 12000
-            nbthread 1
+            nbthread {threads}
             no strict-limits
+            {tune}
 
         defaults
             mode tcp
             timeout connect 4s
             timeout client 1h
             timeout server 1h
-        """)
+            {splice}
+        """).format(threads=threads, tune="tune.pipesize 1048576" if splice else "",
+                    splice="option splice-auto" if splice else "")
     for workload in WORKLOADS:
         text += textwrap.dedent(f"""
             listen {workload}
-                bind {HOST}:{HAPROXY_PORTS[workload]}
+                bind {HOST}:{ports[workload]}
                 balance roundrobin
                 server backend {HOST}:{BACKEND_PORTS[workload]} check inter 2s
             """)
     return text
 
 
-def start_haproxy(procs: Processes, workdir: Path) -> Proxy:
-    path = workdir / "haproxy.cfg"
-    path.write_text(haproxy_config())
-    proc = procs.start("haproxy", ["haproxy", "-db", "-f", str(path)], PROXY_CPU)
-    wait_until("haproxy's listeners", lambda: all(listening(p) for p in HAPROXY_PORTS.values()), 15, proc)
-    return Proxy("haproxy", proc, HAPROXY_PORTS)
+def start_haproxy(procs: Processes, workdir: Path, splice: bool, threads: int) -> Proxy:
+    name, ports = ("haproxy-splice", SPLICE_PORTS) if splice else ("haproxy", HAPROXY_PORTS)
+    path = workdir / f"{name}.cfg"
+    path.write_text(haproxy_config(ports, splice, threads))
+    proc = procs.start(name, ["haproxy", "-db", "-f", str(path)], CPUS["proxy"])
+    wait_until(f"{name}'s listeners", lambda: all(listening(p) for p in ports.values()), 15, proc)
+    return Proxy(name, proc, ports)
 
 
 # --- workloads ----------------------------------------------------------------------------------------
@@ -390,7 +437,7 @@ def measure(proxy: Proxy, run: Callable[[], object]) -> Measured:
 
 
 def run_load(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(["taskset", "-c", LOAD_CPU, *argv], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(["taskset", "-c", CPUS["load"], *argv], capture_output=True, text=True, timeout=timeout)
 
 
 def iperf(port: int, streams: int, duration: int) -> dict:
@@ -469,7 +516,7 @@ def idle(procs: Processes, proxy: Proxy, count: int) -> dict[str, float]:
     before = rss_kib(proxy.pid)
     argv = [sys.executable, str(Path(__file__).resolve()), "--role", "client",
             "--port", str(proxy.ports["idle"]), "--count", str(count)]  # fmt: skip
-    client = procs.start(f"idle-client-{proxy.name}", argv, LOAD_CPU, pipes=True)
+    client = procs.start(f"idle-client-{proxy.name}", argv, CPUS["load"], pipes=True)
     try:
         t0 = time.monotonic()
         answer = read_line(client, 90)
@@ -524,24 +571,26 @@ def machine_header(args: argparse.Namespace, idle_count: int) -> list[str]:
         f"haproxy: {first_line(['haproxy', '-v'])}",
         f"python: {platform.python_version()}; {first_line(['iperf3', '--version'])}; {first_line(['wrk', '-v'])}; "
         f"{first_line(['nginx', '-v'])}",
-        f"parameters: {args.duration}s per timed workload, {idle_count} idle connections; proxy on CPU {PROXY_CPU}, "
-        f"backends and load generators on CPU {LOAD_CPU}",
+        f"parameters: {args.duration}s per timed workload, {idle_count} idle connections; proxies on CPU "
+        f"{CPUS['proxy']} (hapair {args.cores} worker(s), haproxy nbthread {args.cores}), backends and load "
+        f"generators on CPU {CPUS['load']}",
     ]
 
 
 def table(results: dict[str, dict[tuple[str, str], float]]) -> list[str]:
-    head = ("workload", "metric", "hapair", "haproxy", "hapair/haproxy", "better")
+    head = ("workload", "metric", *PROXIES, "hapair/haproxy", "hapair/splice", "better")
     rows = []
     for workload, metric, better, fmt in FIGURES:
-        a, b = results["hapair"].get((workload, metric)), results["haproxy"].get((workload, metric))
-        ratio = "n/a" if a is None or b is None or b == 0 else f"{a / b:.2f}"
+        values = [results[p].get((workload, metric)) for p in PROXIES]
+        cells = ["error" if v is None else fmt.format(v) for v in values]
+        ratios = ["n/a" if values[0] is None or v is None or v == 0 else f"{values[0] / v:.2f}" for v in values[1:]]
         note = {"higher": "higher is better", "lower": "lower is better", "info": "(information)"}[better]
-        rows.append((workload, metric, "error" if a is None else fmt.format(a), "error" if b is None else fmt.format(b),
-                     ratio, note))  # fmt: skip
+        rows.append((workload, metric, *cells, *ratios, note))
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    last = len(head) - 1
 
     def line(row: tuple) -> str:
-        cells = [str(c).ljust(w) if i < 2 or i == 5 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        cells = [str(c).ljust(w) if i < 2 or i == last else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
         return " | ".join(cells).rstrip()
 
     return [line(head), "-+-".join("-" * w for w in widths), *[line(r) for r in rows]]
@@ -588,7 +637,9 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
         start_iperf_server(procs)
         start_nginx(procs, workdir)
         start_holder(procs)
-        proxies = [start_hapair(procs, workdir), start_haproxy(procs, workdir)]
+        workers = args.cores if args.workers is None else args.workers
+        proxies = [start_hapair(procs, workdir, workers), start_haproxy(procs, workdir, False, args.cores),
+                   start_haproxy(procs, workdir, True, args.cores)]  # fmt: skip
         time.sleep(2.5)  # the first health checks
         for proxy in proxies:
             proxy.rss_start = rss_kib(proxy.pid)
@@ -600,6 +651,8 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
             ("keep-alive", lambda p: http(p, "keepalive", d, close=False)),
             ("new connections", lambda p: http(p, "newconn", d, close=True)),
         ]
+        if args.only:
+            plan = [step for step in plan if step[0] in args.only]
         results: dict[str, dict[tuple[str, str], float]] = {p.name: {} for p in proxies}
         for workload, run in plan:
             for proxy in proxies:
@@ -618,10 +671,11 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
                              f"{rss_kib(proxy.pid) / 1024:.1f} MiB at the end")  # fmt: skip
             notes += [f"{proxy.name}: {n}" for n in proxy.notes]
         notes += hapair_findings(proxies[0], workdir)
-        if not proxies[1].proc.alive():
-            notes.append(f"haproxy EXITED with status {proxies[1].proc.popen.returncode}")
-        haproxy_warnings = [l for l in proxies[1].proc.output().splitlines() if "WARNING" in l or "ALERT" in l]
-        notes += [f"haproxy log: {l[:200]}" for l in haproxy_warnings[:5]]
+        for haproxy in proxies[1:]:
+            if not haproxy.proc.alive():
+                notes.append(f"{haproxy.name} EXITED with status {haproxy.proc.popen.returncode}")
+            warnings = [l for l in haproxy.proc.output().splitlines() if "WARNING" in l or "ALERT" in l]
+            notes += [f"{haproxy.name} log: {l[:200]}" for l in warnings[:5]]
         notes.append(f"total run time {time.monotonic() - started:.0f}s")
         return [*machine_header(args, args.connections), "", *table(results), "", "notes:",
                 *[f"  {n}" for n in notes]]  # fmt: skip
@@ -680,6 +734,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a one-minute smoke run: 2 s per workload")
     p.add_argument("--connections", type=int, default=IDLE_CONNECTIONS, help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help="keep the temporary directory with configs and logs")
+    p.add_argument("--cores", type=int, choices=(1, 2), default=1,
+                   help="1: each proxy on CPU 0 (hapair 1 worker, haproxy 1 thread), load on CPU 1 (default); "
+                        "2: proxies on both CPUs (2 workers, 2 threads), sharing them with the load")  # fmt: skip
+    p.add_argument("--only", action="append", metavar="WORKLOAD",
+                   choices=("idle memory", "bulk 1 stream", "bulk 8 streams", "keep-alive", "new connections"),
+                   help="run only this workload (repeatable)")
+    p.add_argument("--workers", type=int, help="hapair's worker processes (default: --cores; 0: the proxy in the "
+                                                "supervisor process)")
     p.add_argument("--role", choices=("holder", "client"), help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, help=argparse.SUPPRESS)
@@ -712,6 +774,8 @@ def main() -> int:
         print("needs two CPUs: the proxy on CPU 0, everything else on CPU 1", file=sys.stderr)
         return 2
     raise_nofile()
+    if args.cores == 2:
+        CPUS.update(proxy="0,1", load="0,1")
 
     def on_term(signum: int, frame: object) -> None:
         raise Interrupted()
