@@ -1,10 +1,15 @@
-"""The data plane's event loop: an epoll set of its own, nested in the Twisted reactor.
+"""The data plane's event loop: an epoll set of its own, next to the Twisted reactor's.
 
 Twisted dispatches every readiness event through `callWithLogger` and the selectable's doRead/doWrite,
 which costs several microseconds per event; a proxied request is two to four events. The relay's sockets
-therefore live in one epoll set of their own, whose file descriptor the reactor watches like any other
-reader: when it is ready, `doRead` polls it without blocking and calls each socket's handler directly.
-Timers, health checks and the control channel stay on the reactor.
+therefore live in one epoll set of their own, and handlers are called straight from its poll. Two ways to
+join it to the reactor:
+- in a worker process (`LoopReactor`), the reactor waits on the proxy's set, of which the reactor's own
+  epoll set is one member: one wait per wake-up, and Twisted's machinery runs only when one of its own
+  descriptors (the supervisor's channel) is ready or a timer is due;
+- anywhere else (the proxy inside the supervisor, tests), the proxy's set is one more reader of the
+  reactor, polled without blocking when it is ready.
+Timers, health checks and the control channel stay on the reactor either way.
 
 Level-triggered, with one rule that keeps it from spinning: a socket with nothing to wait for is taken
 out of the set (`watch(fd, 0)`), because epoll reports HUP and ERR even for an empty mask.
@@ -15,13 +20,16 @@ from __future__ import annotations
 import select
 from typing import Any, Callable
 
+from twisted.internet.epollreactor import EPollReactor
 from twisted.logger import Logger
 
 log = Logger(namespace="hapair.proxy")
 
-IN, OUT, ERR, HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR, select.EPOLLHUP
-#: Events handled per wake-up of the reactor; the rest wait for the next one (level-triggered).
+IN, OUT, ERR, HUP, RDHUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR, select.EPOLLHUP, select.EPOLLRDHUP
+#: Events handled per poll, and polls per wake-up of the reactor while events keep coming: under load
+#: the reactor's own cost per wake-up is shared by more events; timers still run between wake-ups.
 BATCH = 512
+ROUNDS = 4
 
 
 class Loop:
@@ -33,7 +41,11 @@ class Loop:
         #: The time of the current batch of events: one clock read per wake-up, not one per socket.
         self._seconds = reactor.seconds
         self.now = self._seconds()
-        reactor.addReader(self)
+        if isinstance(reactor, LoopReactor) and reactor.loop is None:
+            reactor.loop = self
+            self.add(reactor._poller.fileno(), IN, reactor.poll_own)
+        else:
+            reactor.addReader(self)
 
     # --- what the reactor sees (IReadDescriptor) ------------------------------------------------------
 
@@ -44,16 +56,20 @@ class Loop:
         return "proxy"
 
     def doRead(self) -> None:
-        self.now = self._seconds()
-        handlers = self._handlers
-        for fd, events in self._epoll.poll(0, BATCH):
-            handler = handlers.get(fd)
-            if handler is None:
-                continue
-            try:
-                handler(events)
-            except Exception:
-                log.failure("proxy event handler failed on fd {fd}", fd=fd)
+        handlers, poll = self._handlers, self._epoll.poll
+        for _ in range(ROUNDS):
+            ready = poll(0, BATCH)
+            if not ready:
+                return
+            self.now = self._seconds()
+            for fd, events in ready:
+                handler = handlers.get(fd)
+                if handler is None:
+                    continue
+                try:
+                    handler(events)
+                except Exception:
+                    log.failure("proxy event handler failed on fd {fd}", fd=fd)
 
     def connectionLost(self, reason: object) -> None:
         pass
@@ -93,6 +109,43 @@ class Loop:
     def __len__(self) -> int:
         return len(self._handlers)
 
+    def wait(self, timeout: float) -> None:
+        """Waits up to `timeout` seconds (-1: until something happens) and handles what is ready."""
+        ready = self._epoll.poll(timeout, BATCH)
+        self.now = self._seconds()
+        handlers = self._handlers
+        for fd, events in ready:
+            handler = handlers.get(fd)
+            if handler is None:
+                continue
+            try:
+                handler(events)
+            except Exception:
+                log.failure("proxy event handler failed on fd {fd}", fd=fd)
+
     def close(self) -> None:
-        self.reactor.removeReader(self)
+        if isinstance(self.reactor, LoopReactor) and self.reactor.loop is self:
+            self.remove(self.reactor._poller.fileno())
+            self.reactor.loop = None
+        else:
+            self.reactor.removeReader(self)
         self._epoll.close()
+
+
+class LoopReactor(EPollReactor):
+    """A worker's reactor: it waits on the proxy's epoll set (once a `Loop` exists), in which its own epoll
+    set is one member. Until then, and after, it is the plain epoll reactor."""
+
+    loop: Loop | None = None
+
+    def doPoll(self, timeout: float | None) -> None:
+        if self.loop is None:
+            super().doPoll(timeout)
+        else:
+            self.loop.wait(-1 if timeout is None else timeout)
+
+    doIteration = doPoll
+
+    def poll_own(self, events: int) -> None:
+        """The reactor's own descriptors are ready (the supervisor's channel, the waker): Twisted handles them."""
+        super().doPoll(0)

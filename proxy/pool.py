@@ -27,6 +27,8 @@ class ServerState:
     weight: int
     up: bool = True
     counters: Counters = field(default_factory=Counters)
+    #: (family, sockaddr) to connect to, by the port the client came in on: made once, not per connection.
+    addresses: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def label(self) -> str:

@@ -4,9 +4,10 @@ The rules a session keeps:
 - the client is not read until the real server is connected, and a real server that refuses (or does
   not answer within the connect timeout) is replaced by another eligible one (redispatch) before the
   client is given up on;
-- each direction moves bytes with `splice` through a pooled pipe (zero-copy), or with recv/send when no
-  pipe can be had; a direction reads its source only when everything it read before has been written,
-  so a slow reader stops the writer at the kernel's socket buffers and the proxy holds no data of its own;
+- each direction copies small messages through one shared buffer and, once it sees bulk traffic, moves
+  bytes with `splice` through a pooled pipe (zero-copy); a direction reads its source only when everything
+  it read before has been written, so a slow reader stops the writer at the kernel's socket buffers and
+  the proxy holds at most one read's worth per direction;
 - a FIN is passed on as a FIN (half-close) once the bytes before it are written; a reset on either side,
   or a write the peer refuses, aborts both;
 - idle and connect timeouts are checked by the proxy's sweep, not by a timer per connection;
@@ -26,17 +27,22 @@ import socket
 import struct
 from typing import TYPE_CHECKING
 
-from proxy.loop import ERR, HUP, IN, OUT
+from proxy.loop import ERR, HUP, IN, OUT, RDHUP
 from proxy.pipes import Pipe
 from proxy.pool import Pool, ServerState
 
 if TYPE_CHECKING:
     from proxy.service import ProxyRuntime
 
+#: Waiting to read: data, or the peer's FIN (RDHUP tells a FIN that came with the last data).
+RD = IN | RDHUP
 #: Real servers tried for one client before it is refused (the first choice included).
 MAX_ATTEMPTS = 3
-#: Bytes read per event when copying (no pipe could be had).
-COPY_CHUNK = 65536
+#: Bytes read per event when copying; a read that fills it marks a direction as bulk (splice from then on).
+COPY_CHUNK = 32768
+#: The one copy buffer: the process is single-threaded and a copying read is written out before the next.
+_BUF = bytearray(COPY_CHUNK)
+_VIEW = memoryview(_BUF)
 
 _splice = os.splice
 _SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
@@ -44,34 +50,43 @@ _LINGER_RST = struct.pack("ii", 1, 0)
 
 
 class Direction:
-    """Bytes from `src` to `dst`: a pipe (or a copy buffer) lent while bytes are in flight."""
+    """Bytes from `src` to `dst`.
+
+    Small messages are copied (recv_into one buffer shared by the whole process, then send): for a 1 KiB
+    request that is cheaper than two splices, and it needs no pipe. A read that fills the buffer marks
+    bulk traffic, and from then on the direction splices through a pipe lent while bytes are in flight
+    (HAProxy's splice-auto makes the same call). Either way a direction reads again only once all it
+    read before is written."""
 
     __slots__ = ("session", "src", "dst", "src_fd", "dst_fd", "pipe", "buf", "pending", "eof", "shut", "count",
-                 "src_side", "dst_side", "upstream")  # fmt: skip
+                 "src_side", "dst_side", "upstream", "splicing")  # fmt: skip
 
     def __init__(self, session: Session, src: socket.socket, dst: socket.socket, upstream: bool):
         self.session = session
         self.src, self.dst = src, dst
         self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
         self.pipe: Pipe | None = None
+        #: What a copying read could not write yet.
         self.buf = b""
         self.pending = 0
         self.eof = self.shut = False
         self.count = 0
         self.upstream = upstream
+        self.splicing = False
         self.src_side, self.dst_side = ("client", "server") if upstream else ("server", "client")
 
     def read(self) -> None:
         s = self.session
-        pipe = self.pipe
-        if pipe is None:
-            pipe = self.pipe = s.runtime.pipes.take()
+        pipe = None
         try:
-            if pipe is not None:
-                n = _splice(self.src_fd, pipe.w, pipe.size, flags=_SPLICE)
+            if self.splicing:
+                pipe = self.pipe = s.runtime.pipes.take()
+                if pipe is None:  # no pipe to be had: copy
+                    n = self.src.recv_into(_BUF)
+                else:
+                    n = _splice(self.src_fd, pipe.w, pipe.size, flags=_SPLICE)
             else:
-                self.buf = self.src.recv(COPY_CHUNK)
-                n = len(self.buf)
+                n = self.src.recv_into(_BUF)
         except BlockingIOError:
             self._release()
             return
@@ -84,10 +99,24 @@ class Direction:
             s.eof_seen(self.src_side)
             self._shutdown()
             return
-        self.pending = n
         self.count += n
         s.moved(self.upstream, n)
-        self.flush()
+        if pipe is not None:
+            self.pending = n
+            self.flush()
+            return
+        try:
+            sent = self.dst.send(_VIEW[:n])
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            s.abort(f"{self.dst_side} reset")
+            return
+        if sent < n:
+            self.buf = _VIEW[sent:n].tobytes()
+            self.pending = n - sent
+        if n == COPY_CHUNK:
+            self.splicing = True  # a full buffer: bulk, splice from now on
 
     def flush(self) -> None:
         try:
@@ -178,7 +207,13 @@ class Session:
     def connect_server(self) -> None:
         config = self.server_state.config
         self.tried.add(config.label)
-        family, address = self.runtime.address_of(config, self.vport)
+        found = self.server_state.addresses.get(self.vport)
+        if found is None:
+            found = self.server_state.addresses[self.vport] = (
+                socket.AF_INET6 if config.ip.version == 6 else socket.AF_INET,
+                (str(config.ip), config.target_port(self.vport)),
+            )
+        family, address = found
         sock = _socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         err = sock.connect_ex(address)
         if err not in (0, errno.EINPROGRESS):
@@ -224,8 +259,8 @@ class Session:
         self.up = Direction(self, self.client, self.server, True)
         self.down = Direction(self, self.server, self.client, False)
         loop = self.runtime.loop
-        loop.watch(self.sfd, IN)
-        self.smask = IN
+        loop.watch(self.sfd, RD)
+        self.smask = RD
         loop.add(self.cfd, 0, self._client_event)
         # Most clients spoke while the connect was under way: read now rather than after another wait.
         self._event(IN, self.up, self.down)
@@ -248,6 +283,10 @@ class Session:
             reading.read()
             if self.finished:
                 return
+            if events & RDHUP and not reading.eof and not reading.pending:
+                reading.read()  # the FIN came with the data: take it now rather than after another wait
+                if self.finished:
+                    return
         if events & (OUT | ERR | HUP) and writing.pending:
             writing.flush()
             if self.finished:
@@ -257,8 +296,8 @@ class Session:
             self.close()
             return
         # Wait for what can make progress: reading where nothing waits to be written, writing where it does.
-        cmask = (0 if up.eof or up.pending else IN) | (OUT if down.pending else 0)
-        smask = (0 if down.eof or down.pending else IN) | (OUT if up.pending else 0)
+        cmask = (0 if up.eof or up.pending else RD) | (OUT if down.pending else 0)
+        smask = (0 if down.eof or down.pending else RD) | (OUT if up.pending else 0)
         if cmask != self.cmask:
             self.cmask = cmask
             self.runtime.loop.watch(self.cfd, cmask)

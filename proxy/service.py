@@ -16,7 +16,7 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from hapair.config import AdminState, ClusterConfig, RealServer, VirtualService
+from hapair.config import AdminState, ClusterConfig, VirtualService
 from proxy.accesslog import AccessLog
 from proxy.listener import Listener, listening_socket
 from proxy.loop import Loop
@@ -43,21 +43,11 @@ class ProxyRuntime:
         self.log = AccessLog(reactor, out)
         self.sessions: set[Session] = set()
         self.accept_errors = 0
-        self._addresses: dict[tuple[RealServer, int], tuple[int, tuple]] = {}
         self._accept_error_logged = 0.0
 
     @property
     def now(self) -> float:
         return self.reactor.seconds()
-
-    def address_of(self, server: RealServer, vport: int) -> tuple[int, tuple]:
-        """(family, sockaddr) to connect to for a client that came in on `vport`; made once per pair."""
-        key = (server, vport)
-        found = self._addresses.get(key)
-        if found is None:
-            family = socket.AF_INET6 if server.ip.version == 6 else socket.AF_INET
-            found = self._addresses[key] = (family, (str(server.ip), server.target_port(vport)))
-        return found
 
     def accept_failed(self, listener: Listener, e: OSError) -> None:
         self.accept_errors += 1

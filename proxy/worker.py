@@ -9,6 +9,7 @@ worker never serves on its own.
 from __future__ import annotations
 
 import ctypes
+import gc
 import ipaddress
 import os
 import signal
@@ -62,6 +63,8 @@ class WorkerProtocol(amp.AMP):
             self.proxy.privilegedStartService()
             self.proxy.startService()
             log.info("worker {index} serving (pid {pid})", index=self.index, pid=os.getpid())
+            # What exists now lives as long as the worker: out of the collector's way for good.
+            gc.freeze()
             self._close_unused()
             return {}
         d = self.proxy.apply(cluster)
@@ -121,9 +124,13 @@ class WorkerProtocol(amp.AMP):
 
 
 def main(argv: list[str]) -> int:
-    from twisted.internet import reactor
+    from twisted.internet.main import installReactor
 
     from hapair import logs
+    from proxy.loop import LoopReactor
+
+    reactor = LoopReactor()
+    installReactor(reactor)
 
     fd, index = int(argv[0]), int(argv[1])
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: never outlive the supervisor
