@@ -102,6 +102,8 @@ class Direction:
         self.count += n
         s.moved(self.upstream, n)
         if pipe is not None:
+            s.pool.counters.spliced += n
+            s.server_state.counters.spliced += n
             self.pending = n
             self.flush()
             return

@@ -209,8 +209,10 @@ def test_half_close_passes_through_both_ways(client, lb1):
 
 def test_a_client_that_stops_reading_does_not_grow_the_proxys_memory(client, lb1):
     """The server streams 1 GB while the client reads nothing for 3 s: flow control must hold the
-    server back instead of the proxy buffering what the client will not take."""
+    server back instead of the proxy buffering what the client will not take. The stream is bulk, so
+    this is the zero-copy path: the pipe holds at most one read, and then the direction stops reading."""
     before = lb1.rss_kib()
+    spliced_before = lb1.service("CAS-RPC")["spliced"]
 
     def stalled() -> int:
         s = connect(VIP, 60200, CLIENT_EXTRA[21])
@@ -226,8 +228,9 @@ def test_a_client_that_stops_reading_does_not_grow_the_proxys_memory(client, lb1
     assert client(stalled) > 0
     growth_kib = lb1.rss_kib() - before
     assert growth_kib < 16 * 1024, f"proxy grew by {growth_kib} KiB while the client was not reading"
-    web = lb1.service("CAS-RPC")
-    assert web["bytes_out"] < 100_000_000  # the server was held back, not drained into the proxy
+    rpc = lb1.service("CAS-RPC")
+    assert rpc["bytes_out"] < 100_000_000  # the server was held back, not drained into the proxy
+    assert rpc["spliced"] > spliced_before
 
 
 def test_no_server_available_is_refused_at_once(client, lb1):
@@ -341,3 +344,52 @@ def test_status_counts_connections_and_bytes(lb1):
     assert web["bytes_in"] > 0 and web["bytes_out"] > 0
     smtp = next(vs for vs in status["virtual_services"] if vs["label"] == "HT-SMTP")
     assert smtp["refused"] >= 1
+
+
+def _echo_bulk(source: str, line_size: int, lines: int) -> tuple[bytes, bytes]:
+    """Sends `lines` lines of `line_size` bytes to the stand-in's echo while reading in a thread, then
+    half-closes; returns (greeting, everything after it)."""
+    import threading
+
+    s = connect(VIP, 60201, source, timeout=20)
+    greeting_line = read_line(s).encode()
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(read_all(s)))
+    reader.start()
+    line = b"y" * (line_size - 1) + b"\n"
+    for _ in range(lines):
+        s.sendall(line)
+    s.shutdown(socket.SHUT_WR)
+    reader.join(30)
+    s.close()
+    return greeting_line, got[0] if got else b""
+
+
+def test_half_close_passes_through_both_ways_under_zero_copy(client, lb1):
+    """4 MiB each way in 64 KiB lines: both directions splice; the client's FIN reaches the server only
+    after every byte before it, and the server's reply after the FIN still arrives."""
+    before = lb1.service("CAS-RPC")["spliced"]
+    greeting_line, rest = client(_echo_bulk, CLIENT_EXTRA[22], 65536, 64)
+    label = greeting_line.split()[0].decode()
+    assert rest == b"y" * 65535 + b"\n" + (b"y" * 65535 + b"\n") * 63 + f"bye {label}\n".encode()
+    spliced = lb1.service("CAS-RPC")["spliced"] - before
+    assert spliced >= 2 * 60 * 65536, f"only {spliced} bytes went through pipes"
+
+
+def test_idle_timeout_closes_a_connection_that_moved_bulk_data(client, lb1):
+    def bulk_then_idle() -> tuple[int, float, bytes]:
+        s = connect(VIP, 8135, CLIENT_EXTRA[23], timeout=10)
+        read_line(s)
+        s.sendall(b"STREAM 2000000\n")
+        got = 0
+        while got < 2000000:
+            got += len(s.recv(1 << 20))
+        started = time.monotonic()
+        rest = read_all(s)  # returns when the proxy closes the idle connection
+        return got, time.monotonic() - started, rest
+
+    before = lb1.service("SHORT-IDLE")["spliced"]
+    got, waited, rest = client(bulk_then_idle)
+    assert got == 2000000 and rest == b""
+    assert 1.0 <= waited < 3.0
+    assert lb1.service("SHORT-IDLE")["spliced"] - before >= 1_000_000
