@@ -27,6 +27,9 @@ IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 BACKLOG = 4096
 #: Connections accepted per readiness event before other sockets get their turn.
 ACCEPT_BATCH = 64
+#: Seconds a listener rests after accept failed for want of descriptors or memory (it would spin:
+#: the backlog stays readable).
+ACCEPT_PAUSE = 0.1
 
 
 def listening_socket(ip: str, port: int, reuseport: bool = False) -> socket.socket:
@@ -57,6 +60,7 @@ class Listener:
         self.runtime, self.pool, self.vip, self.vport, self.sock = runtime, pool, vip, vport, sock
         sock.setblocking(False)
         self.fd = sock.fileno()
+        self._resume = None
         runtime.loop.add(self.fd, IN, self._ready)
 
     def _ready(self, events: int) -> None:
@@ -69,6 +73,8 @@ class Listener:
             except OSError as e:
                 # Out of file descriptors (or memory): the client stays in the backlog until some close.
                 self.runtime.accept_failed(self, e)
+                self.runtime.loop.watch(self.fd, 0)
+                self._resume = self.runtime.reactor.callLater(ACCEPT_PAUSE, self._rearm)
                 return
             self._accepted(_socket.socket(family, socket.SOCK_STREAM, 0, fd), addr[0], addr[1])
 
@@ -92,6 +98,12 @@ class Listener:
         client.setblocking(False)
         Session(self.runtime, pool, server, self.vip, self.vport, client, host, port)
 
+    def _rearm(self) -> None:
+        self._resume = None
+        self.runtime.loop.watch(self.fd, IN)
+
     def close(self) -> None:
+        if self._resume is not None and self._resume.active():
+            self._resume.cancel()
         self.runtime.loop.remove(self.fd)
         self.sock.close()

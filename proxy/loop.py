@@ -38,6 +38,8 @@ class Loop:
         self._epoll = select.epoll()
         self._handlers: dict[int, Callable[[int], None]] = {}
         self._masks: dict[int, int] = {}
+        #: Fds forgotten during the current batch of events.
+        self._stale: set[int] = set()
         #: The time of the current batch of events: one clock read per wake-up, not one per socket.
         self._seconds = reactor.seconds
         self.now = self._seconds()
@@ -56,20 +58,30 @@ class Loop:
         return "proxy"
 
     def doRead(self) -> None:
-        handlers, poll = self._handlers, self._epoll.poll
+        poll = self._epoll.poll
         for _ in range(ROUNDS):
             ready = poll(0, BATCH)
             if not ready:
                 return
-            self.now = self._seconds()
-            for fd, events in ready:
-                handler = handlers.get(fd)
-                if handler is None:
-                    continue
-                try:
-                    handler(events)
-                except Exception:
-                    log.failure("proxy event handler failed on fd {fd}", fd=fd)
+            self._dispatch(ready)
+
+    def _dispatch(self, ready: list[tuple[int, int]]) -> None:
+        """Calls each ready socket's handler. An fd closed earlier in the same batch may already carry
+        a new socket (accept and socket() take the lowest free number): its leftover events belong to
+        the old one and are skipped; the new socket's own events come with the next poll."""
+        self.now = self._seconds()
+        handlers, stale = self._handlers, self._stale
+        stale.clear()
+        for fd, events in ready:
+            if fd in stale:
+                continue
+            handler = handlers.get(fd)
+            if handler is None:
+                continue
+            try:
+                handler(events)
+            except Exception:
+                log.failure("proxy event handler failed on fd {fd}", fd=fd)
 
     def connectionLost(self, reason: object) -> None:
         pass
@@ -99,9 +111,11 @@ class Loop:
         by itself (it is never duplicated)."""
         self._handlers.pop(fd, None)
         self._masks.pop(fd, None)
+        self._stale.add(fd)
 
     def remove(self, fd: int) -> None:
         """Forgets `fd`; call before closing it."""
+        self._stale.add(fd)
         self._handlers.pop(fd, None)
         if self._masks.pop(fd, 0):
             self._epoll.unregister(fd)
@@ -111,17 +125,7 @@ class Loop:
 
     def wait(self, timeout: float) -> None:
         """Waits up to `timeout` seconds (-1: until something happens) and handles what is ready."""
-        ready = self._epoll.poll(timeout, BATCH)
-        self.now = self._seconds()
-        handlers = self._handlers
-        for fd, events in ready:
-            handler = handlers.get(fd)
-            if handler is None:
-                continue
-            try:
-                handler(events)
-            except Exception:
-                log.failure("proxy event handler failed on fd {fd}", fd=fd)
+        self._dispatch(self._epoll.poll(timeout, BATCH))
 
     def close(self) -> None:
         if isinstance(self.reactor, LoopReactor) and self.reactor.loop is self:

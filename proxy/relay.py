@@ -216,7 +216,11 @@ class Session:
                 (str(config.ip), config.target_port(self.vport)),
             )
         family, address = found
-        sock = _socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        try:
+            sock = _socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        except OSError as e:  # out of descriptors: as good as refused, try another server or give up
+            self.connect_failed(f"cannot open a socket: {e.strerror}")
+            return
         err = sock.connect_ex(address)
         if err not in (0, errno.EINPROGRESS):
             sock.close()

@@ -187,7 +187,8 @@ class ProxyService(service.Service):
         except (OSError, KeyError) as e:
             for sock in bound.values():
                 sock.close()
-            return defer.fail(OSError(e.errno, f"cannot listen on {key[0]} port {key[1]}: {e.strerror}"))
+            why = e.strerror if isinstance(e, OSError) else e.args[0]
+            return defer.fail(OSError(getattr(e, "errno", None), f"cannot listen on {key[0]} port {key[1]}: {why}"))
         closing = [self._remove(label) for label in (old.keys() - new.keys()) | set(rebind)]
         d = defer.gatherResults(closing)
 
@@ -280,9 +281,12 @@ class ProxyService(service.Service):
         return self.running
 
     def sweep(self) -> None:
+        for pool in self.pools.values():
+            if pool.persistence is not None:
+                pool.persistence.purge()
         if not self.serve:
             return
-        now = self.runtime.now
+        now = self.runtime.loop.now = self.runtime.now  # a redispatch from here stamps the real time
         expired = []
         for session in self.runtime.sessions:
             reason = session.idle_reason(now)
@@ -290,9 +294,6 @@ class ProxyService(service.Service):
                 expired.append((session, reason))
         for session, reason in expired:
             session.expire(reason)
-        for pool in self.pools.values():
-            if pool.persistence is not None:
-                pool.persistence.purge()
         self.runtime.pipes.trim()
 
     # --- status -------------------------------------------------------------------------------------

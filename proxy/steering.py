@@ -58,7 +58,11 @@ def attach(sock: socket.socket, workers: int) -> None:
 
 
 def group(ip: str, port: int, workers: int) -> list[socket.socket]:
-    """`workers` listening sockets on ip:port, one per worker, with each source steered to one of them."""
+    """`workers` listening sockets on ip:port, one per worker, with each source steered to one of them.
+
+    Refused (EADDRINUSE) when anyone already listens there, with SO_REUSEPORT or not: a second daemon
+    must not quietly join the group, replace the program and reshuffle the sockets' order."""
+    listening_socket(ip, port).close()  # bound without SO_REUSEPORT: fails if the port is taken
     socks: list[socket.socket] = []
     try:
         for _ in range(workers):

@@ -7,7 +7,7 @@ one socket per worker, sources steered by `proxy.steering`), the health checks a
 their counters for `hapair status`. It offers the daemon the same methods as a `ProxyService`.
 
 A worker that dies is started again on the same sockets (clients wait in the backlog meanwhile). One
-that is not back within GRACE seconds makes `serving()` false, so the cluster manager stops claiming the
+that is not back within GRACE seconds (START_GRACE at the daemon's start) makes `serving()` false, so the cluster manager stops claiming the
 VIPs rather than hold an address part of which nobody answers; a single crash costs only that worker's
 clients a moment, not the whole node a failover.
 """
@@ -36,8 +36,12 @@ RESTART_DELAYS = (0.0, 0.5, 1.0, 2.0, 5.0)
 #: A worker that served this long before dying starts its next restart from the first delay again.
 STABLE = 30.0
 STOP_TIMEOUT = 5.0
-#: Seconds a worker may be down (restarting) before the node stops counting as serving.
+#: Seconds a worker that served may be down (restarting) before the node stops counting as serving; and
+#: the seconds a worker has to serve for the first time, at the daemon's start (interpreter start-up).
 GRACE = 2.0
+START_GRACE = 10.0
+#: Persistence entries per Restore message to a (re)started worker.
+RESTORE_CHUNK = 5000
 
 
 class _Channel(amp.AMP):
@@ -47,10 +51,7 @@ class _Channel(amp.AMP):
 
     @channel.Assigned.responder
     def assigned(self, entries: list) -> dict:
-        on_persist = self.worker.supervisor.on_persist
-        if on_persist is not None:
-            for entry in entries:
-                on_persist(*entry)
+        self.worker.supervisor.assigned(entries)
         return {}
 
 
@@ -79,8 +80,8 @@ class Worker:
         self.sessions = 0
         self.started_at = 0.0
         self.configured: ClusterConfig | None = None
-        #: When this worker stopped serving, while it is down; None while it serves (or before it first does).
-        self.down_since: float | None = None
+        #: While this worker is not serving: the time by which it must (after that the node is not serving).
+        self.deadline: float | None = None
         self._restart_call = None
         self._ended: defer.Deferred | None = None
 
@@ -94,6 +95,11 @@ class Worker:
                 env=os.environ.copy(), childFDs={0: 0, 1: 1, 2: 2, 3: child.fileno()},
             )  # fmt: skip
             self.pid = self.process.pid
+        except Exception as e:  # no memory, no process slots: try again later, like a crash
+            parent.close()
+            self.process = None
+            self._schedule_restart(None, f"could not be started: {e}")
+            return
         finally:
             child.close()
         self.started_at = self.reactor.seconds()
@@ -105,24 +111,30 @@ class Worker:
 
     @defer.inlineCallbacks
     def configure(self) -> Any:
-        """Sends this worker everything it serves with: its sockets, the configuration, the health and
-        admin states decided so far. Repeated if the configuration changed meanwhile."""
+        """Sends this worker everything it serves with: its sockets, the configuration, every server's
+        health and admin state, and the persistence entries of the sources steered to it. Until it is
+        ready, changes are not sent to it one by one, so this repeats until a pass saw none."""
         sup = self.supervisor
-        while self.configured is not sup.cluster:
-            cluster = sup.cluster
-            for (ip, port), socks in list(sup.groups.items()):
-                yield self.amp.callRemote(channel.Listen, ip=ip, port=port, fd=socks[self.index].fileno())
-            yield self.amp.callRemote(channel.Configure, cluster=cluster, workers=len(sup.workers))
-            self.configured = cluster
-        for label, pool in sup.control.pools.items():
-            for s in pool.servers.values():
-                if not s.up:
-                    yield self.amp.callRemote(channel.Health, service=label, server=s.label, up=False)
-                if s.admin is not s.config.state:
+        while True:
+            generation = sup.generation
+            if self.configured is not sup.cluster:
+                cluster = sup.cluster
+                for (ip, port), socks in list(sup.groups.items()):
+                    yield self.amp.callRemote(channel.Listen, ip=ip, port=port, fd=socks[self.index].fileno())
+                yield self.amp.callRemote(channel.Configure, cluster=cluster, workers=len(sup.workers))
+                self.configured = cluster
+            for label, pool in list(sup.control.pools.items()):
+                for s in list(pool.servers.values()):
+                    yield self.amp.callRemote(channel.Health, service=label, server=s.label, up=s.up)
                     yield self.amp.callRemote(channel.Admin, service=label, server=s.label, state=s.admin.value,
                                               clear=False)  # fmt: skip
+            entries = sup.entries_of(self.index)
+            for i in range(0, len(entries), RESTORE_CHUNK):
+                yield self.amp.callRemote(channel.Restore, entries=entries[i : i + RESTORE_CHUNK])
+            if generation == sup.generation and self.configured is sup.cluster:
+                break
         self.ready = True
-        self.down_since = None
+        self.deadline = None
         log.info("proxy worker {index} ready (pid {pid})", index=self.index, pid=self.pid)
 
     def _configure_failed(self, failure: Any) -> None:
@@ -146,7 +158,7 @@ class Worker:
 
     def ended(self, why: Any) -> None:
         if self.ready:
-            self.down_since = self.reactor.seconds()
+            self.deadline = self.reactor.seconds() + GRACE
         pid, self.pid, self.process, self.ready, self.configured = self.pid, None, None, False, None
         if self.amp is not None and self.amp.transport is not None:
             self.amp.transport.loseConnection()
@@ -154,15 +166,18 @@ class Worker:
         ended, self._ended = self._ended, None
         if ended is not None:
             ended.callback(None)
-        if not self.supervisor.running:
-            return
         if self.reactor.seconds() - self.started_at >= STABLE:
             self.failures = 0
+        self._schedule_restart(pid, f"ended: {getattr(why, 'args', why)}")
+
+    def _schedule_restart(self, pid: int | None, what: str) -> None:
+        if not self.supervisor.running:
+            return
         delay = RESTART_DELAYS[min(self.failures, len(RESTART_DELAYS) - 1)]
         self.failures += 1
         self.restarts += 1
-        log.error("proxy worker {index} (pid {pid}) ended: {why}; starting it again in {delay}s", index=self.index,
-                  pid=pid, why=getattr(why, "args", why), delay=delay)  # fmt: skip
+        log.error("proxy worker {index} (pid {pid}) {what}; starting it again in {delay}s", index=self.index,
+                  pid=pid, what=what, delay=delay)  # fmt: skip
         self._restart_call = self.reactor.callLater(delay, self.start)
 
     def stop(self) -> defer.Deferred:
@@ -187,6 +202,9 @@ class Supervisor(service.Service):
         self.workers = [Worker(self, i) for i in range(count)]
         #: (service, source, server, seconds left) for each new persistence assignment; set by replication.
         self.on_persist: Any = None
+        #: Counts changes a worker being configured must not miss (health, admin states, configuration).
+        self.generation = 0
+        self._apply_lock = defer.DeferredLock()
 
     @property
     def pools(self) -> dict:
@@ -205,7 +223,7 @@ class Supervisor(service.Service):
         super().startService()
         self.control.startService()
         for worker in self.workers:
-            worker.down_since = self.reactor.seconds()  # the first start has the same grace as a restart
+            worker.deadline = self.reactor.seconds() + START_GRACE
             worker.start()
 
     @defer.inlineCallbacks
@@ -219,11 +237,9 @@ class Supervisor(service.Service):
         self.groups.clear()
 
     def serving(self) -> bool:
-        """Every worker serves, or is being restarted and has been down less than GRACE."""
+        """Every worker serves, or is (re)starting within its grace."""
         now = self.reactor.seconds()
-        return self.running and all(
-            w.ready or (w.down_since is not None and now - w.down_since < GRACE) for w in self.workers
-        )
+        return self.running and all(w.ready or (w.deadline is not None and now < w.deadline) for w in self.workers)
 
     def _bind(self, keys: set[tuple[str, int]]) -> None:
         made = {}
@@ -239,13 +255,18 @@ class Supervisor(service.Service):
 
     # --- reload -------------------------------------------------------------------------------------
 
+    def apply(self, cluster: ClusterConfig) -> defer.Deferred:
+        """Binds what is new (or fails, having changed nothing), then moves every worker to `cluster`.
+        One change at a time: a SIGHUP during `hapair reload` waits for it."""
+        return self._apply_lock.run(self._apply, cluster)
+
     @defer.inlineCallbacks
-    def apply(self, cluster: ClusterConfig) -> Any:
-        """Binds what is new (or fails, having changed nothing), then moves every worker to `cluster`."""
+    def _apply(self, cluster: ClusterConfig) -> Any:
         keys = {(str(vs.ip), port) for vs in cluster.virtual_services for port in vs.ports}
         self._bind(keys)
         moved = rebound(self.cluster, cluster)
         old, self.cluster = self.cluster, cluster
+        self.generation += 1
         sends = []
         for worker in self.workers:
             if worker.ready:
@@ -275,17 +296,21 @@ class Supervisor(service.Service):
     # --- what the daemon and replication ask --------------------------------------------------------
 
     def _to_all(self, command: type[amp.Command], **kw: Any) -> defer.Deferred:
-        return defer.gatherResults([w.call(command, **kw) for w in self.workers], consumeErrors=True)
+        """Sends to every ready worker; fires with each answer, {} from a worker that failed to answer
+        (it died meanwhile: its successor is configured from scratch)."""
+        what = command.__name__.lower()
+        return defer.gatherResults([w.call(command, **kw).addErrback(self._lost, what) for w in self.workers])
 
     def _health(self, service_label: str, server: str, up: bool) -> None:
-        self._to_all(channel.Health, service=service_label, server=server, up=up).addErrback(self._lost, "health")
+        self.generation += 1
+        self._to_all(channel.Health, service=service_label, server=server, up=up)
 
     def set_admin_state(self, server: str, state: AdminState, vs: str | None = None,
                         clear_persistence: bool = False) -> list[tuple[str, str]]:  # fmt: skip
         changed = self.control.set_admin_state(server, state, vs, clear_persistence)
+        self.generation += 1
         for label, name in changed:
-            self._to_all(channel.Admin, service=label, server=name, state=state.value,
-                         clear=clear_persistence).addErrback(self._lost, "admin state")  # fmt: skip
+            self._to_all(channel.Admin, service=label, server=name, state=state.value, clear=clear_persistence)
         return changed
 
     def admin_states(self) -> list[list[str]]:
@@ -293,23 +318,41 @@ class Supervisor(service.Service):
 
     def restore_admin_states(self, states: list) -> None:
         self.control.restore_admin_states(states)
+        self.generation += 1
         for label, server, state in states:
-            self._to_all(channel.Admin, service=label, server=server, state=state, clear=False).addErrback(
-                self._lost, "admin state")  # fmt: skip
+            self._to_all(channel.Admin, service=label, server=server, state=state, clear=False)
 
     def persistence_entries(self) -> defer.Deferred:
         d = self._to_all(channel.Entries)
         return d.addCallback(lambda answers: [e for answer in answers for e in answer.get("entries", [])])
 
+    def assigned(self, entries: list) -> None:
+        """New assignments from a worker: kept here too (a restarted worker gets its share back) and
+        handed to replication."""
+        self.control.restore_persistence(entries)
+        if self.on_persist is not None:
+            for entry in entries:
+                self.on_persist(*entry)
+
+    def entries_of(self, index: int) -> list[list]:
+        """The persistence entries, as this supervisor knows them, of the sources steered to worker `index`."""
+        count = len(self.workers)
+        return [[label, src, srv, left] for label, pool in self.control.pools.items() if pool.persistence is not None
+                for src, srv, left in pool.persistence.entries() if steering.worker_of(src, count) == index]  # fmt: skip
+
     def restore_persistence(self, entries: list) -> None:
-        """Each entry to the worker the kernel steers its source to."""
+        """Each entry to the worker the kernel steers its source to (and to this supervisor's copy)."""
         count = len(self.workers)
         shares: list[list] = [[] for _ in range(count)]
+        valid = []
         for entry in entries:
             try:
                 shares[steering.worker_of(entry[1], count)].append(entry)
             except ValueError:
                 continue  # not an address: nothing to restore
+            valid.append(entry)
+        self.control.restore_persistence(valid)
+        self.generation += 1
         for worker, share in zip(self.workers, shares):
             if share:
                 worker.call(channel.Restore, entries=share).addErrback(self._lost, "persistence")
@@ -347,5 +390,6 @@ class Supervisor(service.Service):
         return [{"index": w.index, "pid": w.pid, "ready": w.ready, "restarts": w.restarts, "sessions": w.sessions}
                 for w in self.workers]  # fmt: skip
 
-    def _lost(self, failure: Any, what: str) -> None:
-        log.warn("a proxy worker did not take the {what}: {why}", what=what, why=failure.getErrorMessage())
+    def _lost(self, failure: Any, what: str) -> dict:
+        log.warn("a proxy worker did not answer {what}: {why}", what=what, why=failure.getErrorMessage())
+        return {}

@@ -301,11 +301,12 @@ def test_a_master_whose_workers_cannot_be_kept_running_stands_down(lab, pair):
     """One crash costs only that worker's clients a restart; workers that stay down past the grace
     period make the master release the VIPs, since it can no longer serve them."""
     lb1, lb2 = pair()
+    lb1.wait_log(r"proxy worker 0 ready")
     victim = lb1.status()["workers"][0]["pid"]
     os.kill(victim, signal.SIGKILL)  # a single crash: restarted, no failover
     lb1.wait_log(r"proxy worker 0 ready \(pid (?!%d\))" % victim, timeout=5)
     time.sleep(2 * INTERVAL)
-    assert lab.holds("lb1", VIP) and not lab.holds("lb2", VIP)
+    assert lab.holds("lb1", VIP) and not lab.holds("lb2", VIP), lb1.log()[-3000:]
     serves_through(lab, lb1)
 
     deadline = time.monotonic() + 6  # bounded: kill every new worker 0 for at most 6 s

@@ -53,9 +53,11 @@ def test_each_client_sticks_to_one_server_across_ports_and_workers(lab, lb1):
     assert rpc["persistence_entries"] - entries_before == len(CLIENT_EXTRA)
 
 
-def test_a_killed_worker_is_started_again_on_the_same_socket(lab, lb1):
+def test_a_killed_worker_is_started_again_on_the_same_socket_with_its_clients_persistence(lab, lb1):
     victim = workers(lb1)[0]
-    source = next(s for s in CLIENT_EXTRA if worker_of(s, WORKERS) == 0)
+    sources = [s for s in CLIENT_EXTRA if worker_of(s, WORKERS) == 0][:8]
+    source = sources[0]
+    stuck = {s: lab.call("client", greeting, VIP, 135, s).split()[0] for s in sources}
     offset = len(lb1.log())
     os.kill(victim["pid"], signal.SIGKILL)
     lb1.wait_log(r"proxy worker 0 \(pid \d+\) ended", after=offset, timeout=5)
@@ -65,3 +67,5 @@ def test_a_killed_worker_is_started_again_on_the_same_socket(lab, lb1):
     now = workers(lb1)[0]
     assert now["pid"] != victim["pid"] and now["ready"] and now["restarts"] == victim["restarts"] + 1
     assert lb1.status()["cluster"] is None  # a single node: nothing to fail over, it just serves again
+    # The supervisor kept a copy of the table: the new worker sends each client where it went before.
+    assert {s: lab.call("client", greeting, VIP, 60200, s).split()[0] for s in sources} == stuck

@@ -57,3 +57,14 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_port_someone_already_listens_on_is_refused_not_joined():
+    taken = steering.group("127.0.0.1", _free_port(), 2)  # another daemon's group, with SO_REUSEPORT
+    try:
+        with pytest.raises(OSError) as e:
+            steering.group("127.0.0.1", taken[0].getsockname()[1], 2)
+        assert e.value.errno == 98  # EADDRINUSE
+    finally:
+        for s in taken:
+            s.close()
