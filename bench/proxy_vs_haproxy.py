@@ -18,6 +18,9 @@ How:
     server that holds connections) and the load generators (iperf3 client, wrk, the idle-connection
     client) run on CPU 1. --cores 2: hapair with two workers and haproxy with two threads, all of it
     sharing both CPUs, to show the scaling (the load generator competes for the same cores).
+  * --sources N (default 1 with --cores 1, 16 with --cores 2): the load generators' connections come
+    from 127.0.0.2 ... 127.0.0.N+1 (an LD_PRELOAD shim, bench/srcspread, built with gcc), as from many
+    clients. hapair steers each source address to one worker, so one source would use one core.
   * hapair runs as the real daemon (`python3 -m hapair --config FILE run`), one virtual service per
     workload port with source-IP persistence and a connect health check every 2 s. haproxy runs in the
     foreground (`-db`), one `listen` per workload with one server, checked every 2 s as well. Both
@@ -436,8 +439,21 @@ def measure(proxy: Proxy, run: Callable[[], object]) -> Measured:
     return Measured(value, cpu1 - cpu0, t1 - t0)
 
 
+#: LD_PRELOAD environment that spreads the load generators' connections over source addresses (--sources).
+LOAD_ENV: dict[str, str] = {}
+
+
+def build_srcspread(workdir: Path, sources: int) -> None:
+    """Compiles bench/srcspread/srcspread.c (gcc) and has every load generator preload it."""
+    lib = workdir / "srcspread.so"
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(lib), str(REPO / "bench/srcspread/srcspread.c"),
+                    "-ldl"], check=True)  # fmt: skip
+    LOAD_ENV.update(LD_PRELOAD=str(lib), SRCSPREAD=str(sources))
+
+
 def run_load(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(["taskset", "-c", CPUS["load"], *argv], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(["taskset", "-c", CPUS["load"], *argv], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **LOAD_ENV})  # fmt: skip
 
 
 def iperf(port: int, streams: int, duration: int) -> dict:
@@ -573,7 +589,7 @@ def machine_header(args: argparse.Namespace, idle_count: int) -> list[str]:
         f"{first_line(['nginx', '-v'])}",
         f"parameters: {args.duration}s per timed workload, {idle_count} idle connections; proxies on CPU "
         f"{CPUS['proxy']} (hapair {args.cores} worker(s), haproxy nbthread {args.cores}), backends and load "
-        f"generators on CPU {CPUS['load']}",
+        f"generators on CPU {CPUS['load']}, load from {args.sources} source address(es)",
     ]
 
 
@@ -737,6 +753,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cores", type=int, choices=(1, 2), default=1,
                    help="1: each proxy on CPU 0 (hapair 1 worker, haproxy 1 thread), load on CPU 1 (default); "
                         "2: proxies on both CPUs (2 workers, 2 threads), sharing them with the load")  # fmt: skip
+    p.add_argument("--sources", type=int, help="source addresses the load comes from (127.0.0.2...; default 1 "
+                                                "with --cores 1, 16 with --cores 2: hapair steers each source "
+                                                "to one worker)")
     p.add_argument("--only", action="append", metavar="WORKLOAD",
                    choices=("idle memory", "bulk 1 stream", "bulk 8 streams", "keep-alive", "new connections"),
                    help="run only this workload (repeatable)")
@@ -766,7 +785,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("run as root (the proxies need many descriptors, nginx binds as root)", file=sys.stderr)
         return 2
-    missing = [tool for tool in ("haproxy", "iperf3", "wrk", "nginx", "taskset") if shutil.which(tool) is None]
+    missing = [tool for tool in ("haproxy", "iperf3", "wrk", "nginx", "taskset", "gcc") if shutil.which(tool) is None]
     if missing:
         print(f"missing {', '.join(missing)}: run `bash tools/install-deps`", file=sys.stderr)
         return 2
@@ -776,6 +795,8 @@ def main() -> int:
     raise_nofile()
     if args.cores == 2:
         CPUS.update(proxy="0,1", load="0,1")
+    if args.sources is None:
+        args.sources = 16 if args.cores == 2 else 1
 
     def on_term(signum: int, frame: object) -> None:
         raise Interrupted()
@@ -784,6 +805,8 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="hapair-bench-"))
     os.chmod(workdir, 0o755)
     try:
+        if args.sources > 1:
+            build_srcspread(workdir, args.sources)
         report = run_benchmark(args, workdir)
     except (KeyboardInterrupt, Interrupted):
         print("interrupted; everything started was stopped", file=sys.stderr)
