@@ -29,15 +29,6 @@ class Pipe:
     def __init__(self, r: int, w: int, size: int):
         self.r, self.w, self.size = r, w, size
 
-    def trim(self) -> int:
-        """Closes the free pipes nobody needed since the last trim; returns how many."""
-        spare, self._low = self._low, 0
-        for _ in range(spare):
-            self._free.pop(0).close()
-        self.open -= spare
-        self._low = len(self._free)
-        return spare
-
     def close(self) -> None:
         os.close(self.r)
         os.close(self.w)
