@@ -79,8 +79,11 @@ sys.path.insert(0, str(REPO))
 
 from hapair.lab import HOSTS, VIP, Lab, Proc, guide_config, pair_config  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
+# CPU of a daemon and its proxy workers, counted the way the proxy benchmark counts it.
+from proxy_vs_haproxy import cpu_seconds  # noqa: E402
+
 RESULTS = REPO / "bench" / "results"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 PROBE_PERIOD = 0.010
 PROBE_TIMEOUT = 0.100
@@ -150,13 +153,6 @@ def stop_group(proc: Proc, sig: int = signal.SIGTERM, timeout: float = 5.0) -> N
         proc.popen.wait(5)
     except subprocess.TimeoutExpired:
         pass
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
 def wait_until(what: str, ready: Callable[[], bool], timeout: float, procs: tuple[Proc, ...] = ()) -> float:

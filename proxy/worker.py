@@ -29,6 +29,10 @@ log = Logger(namespace="hapair.worker")
 
 #: Seconds new persistence assignments wait to share one message to the supervisor.
 ASSIGNED_DELAY = 0.1
+#: Niceness a worker adds to the supervisor's: when the cores are saturated the kernel runs the
+#: supervisor (heartbeats, health checks) first, so proxy load cannot make a peer declare this node dead.
+#: The systemd unit starts the daemon at Nice=-5, so there the workers run at 0.
+NICENESS = 5
 
 
 class WorkerProtocol(amp.AMP):
@@ -134,6 +138,7 @@ def main(argv: list[str]) -> int:
 
     fd, index = int(argv[0]), int(argv[1])
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: never outlive the supervisor
+    os.nice(NICENESS)
     logs.begin(sys.stdout)
     worker = WorkerProtocol(reactor, index)
     reactor.adoptStreamConnection(fd, socket.AF_UNIX, protocol.Factory.forProtocol(lambda: worker))
