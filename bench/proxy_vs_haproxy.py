@@ -28,7 +28,8 @@ How:
   * Proxy CPU is utime+stime from /proc/PID/stat of the proxy and its descendants (hapair's workers),
     read before and after each run; memory is VmRSS from /proc/PID/status, summed the same way. The idle-memory test runs first, on freshly started proxies, so that memory
     freed by the other workloads cannot hide the cost of new connections.
-  * hapair logs one line per session (its design); haproxy is configured without logging.
+  * Both keep source-IP persistence (haproxy: a stick table on src, 60 min, as hapair's services).
+    hapair logs one line per session (its design); haproxy is configured without logging.
 
 Run, as root, from the repository (`bash tools/install-deps` installs haproxy, iperf3, wrk, nginx):
 
@@ -406,6 +407,8 @@ def haproxy_config(ports: dict[str, int], splice: bool, threads: int) -> str:
             listen {workload}
                 bind {HOST}:{ports[workload]}
                 balance roundrobin
+                stick-table type ip size 200k expire 60m
+                stick on src
                 server backend {HOST}:{BACKEND_PORTS[workload]} check inter 2s
             """)
     return text
