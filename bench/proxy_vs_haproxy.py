@@ -33,10 +33,11 @@ How:
 
 Run, as root, from the repository (`bash tools/install-deps` installs haproxy, iperf3, wrk, nginx):
 
-    python3 bench/proxy_vs_haproxy.py [--duration N] [--quick] [--keep] [--cores 1|2] [--workers N]
+    python3 bench/proxy_vs_haproxy.py [--duration N] [--rounds N] [--quick] [--keep] [--cores 1|2] [--workers N]
                                       [--only WORKLOAD ...]
 
---duration is the length of each timed workload in seconds (default 8: about 1.5 minutes in all);
+--duration is the length of each timed workload and round in seconds (default 4), --rounds how many rounds
+(default 3: about 4 minutes in all);
 --quick is a one-minute smoke run (2 s workloads); --keep leaves the temporary directory (configs and
 logs of every process) in place; --workers overrides hapair's worker count (0: the proxy in the supervisor
 process); --only runs the named workloads. The table goes to stdout and to bench/results/proxy-<timestamp>.txt.
@@ -58,6 +59,7 @@ import select
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -590,7 +592,8 @@ def machine_header(args: argparse.Namespace, idle_count: int) -> list[str]:
         f"haproxy: {first_line(['haproxy', '-v'])}",
         f"python: {platform.python_version()}; {first_line(['iperf3', '--version'])}; {first_line(['wrk', '-v'])}; "
         f"{first_line(['nginx', '-v'])}",
-        f"parameters: {args.duration}s per timed workload, {idle_count} idle connections; proxies on CPU "
+        f"parameters: {args.rounds} rounds of {args.duration}s per timed workload (medians), {idle_count} idle "
+        f"connections; proxies on CPU "
         f"{CPUS['proxy']} (hapair {args.cores} worker(s), haproxy nbthread {args.cores}), backends and load "
         f"generators on CPU {CPUS['load']}, load from {args.sources} source address(es)",
     ]
@@ -672,17 +675,21 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
         ]
         if args.only:
             plan = [step for step in plan if step[0] in args.only]
-        results: dict[str, dict[tuple[str, str], float]] = {p.name: {} for p in proxies}
+        samples: dict[str, dict[tuple[str, str], list[float]]] = {p.name: {} for p in proxies}
         for workload, run in plan:
-            for proxy in proxies:
-                print(f"  {workload} through {proxy.name} ...", file=sys.stderr, flush=True)
-                try:
-                    for metric, value in run(proxy).items():
-                        results[proxy.name][workload, metric] = value
-                except (BenchError, subprocess.TimeoutExpired, OSError) as e:
-                    proxy.notes.append(f"{workload}: FAILED: {e}")
-                    print(f"    failed: {e}", file=sys.stderr, flush=True)
-                time.sleep(SETTLE)
+            # The proxies take turns, round after round: a machine that slows down for a while (a shared
+            # VM does) then weighs on all of them alike, and the median of the rounds is reported.
+            for round_ in range(1 if workload == "idle memory" else args.rounds):
+                for proxy in proxies:
+                    print(f"  {workload} through {proxy.name} (round {round_ + 1}) ...", file=sys.stderr, flush=True)
+                    try:
+                        for metric, value in run(proxy).items():
+                            samples[proxy.name].setdefault((workload, metric), []).append(value)
+                    except (BenchError, subprocess.TimeoutExpired, OSError) as e:
+                        proxy.notes.append(f"{workload}: FAILED: {e}")
+                        print(f"    failed: {e}", file=sys.stderr, flush=True)
+                    time.sleep(SETTLE)
+        results = {name: {key: statistics.median(values) for key, values in by.items()} for name, by in samples.items()}
         notes = []
         for proxy in proxies:
             if proxy.proc.alive():
@@ -749,7 +756,9 @@ def role_client(port: int, count: int) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=int, default=8, help="seconds per timed workload (default 8)")
+    p.add_argument("--duration", type=int, default=4, help="seconds per timed workload and round (default 4)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of every timed workload, the proxies taking turns; "
+                                                         "the median is reported (default 3)")
     p.add_argument("--quick", action="store_true", help="a one-minute smoke run: 2 s per workload")
     p.add_argument("--connections", type=int, default=IDLE_CONNECTIONS, help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help="keep the temporary directory with configs and logs")
@@ -769,7 +778,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
-        args.duration = 2
+        args.duration, args.rounds = 2, 1
+    if not 1 <= args.rounds <= 20:
+        p.error("--rounds runs from 1 to 20")
     if not 1 <= args.duration <= 120:
         p.error("--duration runs from 1 to 120 seconds")
     if not 1 <= args.connections <= 9000:

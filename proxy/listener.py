@@ -96,6 +96,7 @@ class Listener:
             self.runtime.log.line(f"{host}:{port} > {self.vip}:{self.vport} refused by {service.label}: {why}")
             return
         client.setblocking(False)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         Session(self.runtime, pool, server, self.vip, self.vport, client, host, port)
 
     def _rearm(self) -> None:

@@ -221,6 +221,9 @@ class Session:
         except OSError as e:  # out of descriptors: as good as refused, try another server or give up
             self.connect_failed(f"cannot open a socket: {e.strerror}")
             return
+        # What arrives is sent on at once, as it came: the peer's segments already carry the sender's
+        # own batching, and Nagle's wait (or autocorking) would only add latency and per-send work.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         err = sock.connect_ex(address)
         if err not in (0, errno.EINPROGRESS):
             sock.close()
