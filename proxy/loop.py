@@ -120,9 +120,6 @@ class Loop:
         if self._masks.pop(fd, 0):
             self._epoll.unregister(fd)
 
-    def __len__(self) -> int:
-        return len(self._handlers)
-
     def wait(self, timeout: float) -> None:
         """Waits up to `timeout` seconds (-1: until something happens) and handles what is ready."""
         self._dispatch(self._epoll.poll(timeout, BATCH))

@@ -17,6 +17,10 @@ from __future__ import annotations
 import fcntl
 import os
 
+from twisted.logger import Logger
+
+log = Logger(namespace="hapair.proxy")
+
 #: Bytes per pipe asked for; 1 MiB is the most an unprivileged process may ask (fs.pipe-max-size).
 PIPE_SIZE = 1 << 20
 #: Empty pipes kept for reuse.
@@ -40,8 +44,9 @@ class PipePool:
         self._free: list[Pipe] = []
         #: The fewest free pipes since the last trim: that many were not needed.
         self._low = 0
-        #: Pipes in use and in the pool; pipes the kernel kept small (F_SETPIPE_SZ refused).
-        self.open = self.small = 0
+        #: Pipes in use and in the pool.
+        self.open = 0
+        self._warned = False
 
     def take(self) -> Pipe | None:
         """An empty pipe, or None when no more can be opened (the caller copies instead)."""
@@ -58,7 +63,10 @@ class PipePool:
             size = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, self.size)
         except OSError:
             size = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
-            self.small += 1
+            if not self._warned:  # once: it stays true for as long as the user's pipes fill the limit
+                self._warned = True
+                log.warn("pipes limited to {size} bytes (this user reached fs.pipe-user-pages-soft): zero-copy "
+                         "costs more CPU per byte; raise that sysctl", size=size)  # fmt: skip
         self.open += 1
         return Pipe(r, w, size)
 
