@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 RD = IN | RDHUP
 #: Real servers tried for one client before it is refused (the first choice included).
 MAX_ATTEMPTS = 3
+#: Reads per event for a direction carrying bulk traffic, while each moves bytes and writes them all.
+BULK_READS = 4
 #: Bytes read per event when copying; a read that fills it marks a direction as bulk (splice from then on).
 COPY_CHUNK = 32768
 #: The one copy buffer: the process is single-threaded and a copying read is written out before the next.
@@ -75,7 +77,8 @@ class Direction:
         self.splicing = False
         self.src_side, self.dst_side = ("client", "server") if upstream else ("server", "client")
 
-    def read(self) -> None:
+    def read(self) -> bool:
+        """Reads once and writes what it read; True when bytes moved."""
         s = self.session
         pipe = None
         try:
@@ -89,16 +92,16 @@ class Direction:
                 n = self.src.recv_into(_BUF)
         except BlockingIOError:
             self._release()
-            return
+            return False
         except OSError:
             s.abort(f"{self.src_side} reset")
-            return
+            return False
         if n == 0:
             self._release()
             self.eof = True
             s.eof_seen(self.src_side)
             self._shutdown()
-            return
+            return False
         self.count += n
         s.moved(self.upstream, n)
         if pipe is not None:
@@ -106,19 +109,20 @@ class Direction:
             s.server_state.counters.spliced += n
             self.pending = n
             self.flush()
-            return
+            return True
         try:
             sent = self.dst.send(_VIEW[:n])
         except BlockingIOError:
             sent = 0
         except OSError:
             s.abort(f"{self.dst_side} reset")
-            return
+            return False
         if sent < n:
             self.buf = _VIEW[sent:n].tobytes()
             self.pending = n - sent
         if n == COPY_CHUNK:
             self.splicing = True  # a full buffer: bulk, splice from now on
+        return True
 
     def flush(self) -> None:
         try:
@@ -289,9 +293,16 @@ class Session:
     def _event(self, events: int, reading: Direction, writing: Direction) -> None:
         """`reading` reads the socket the event is about; `writing` writes to it."""
         if events & (IN | ERR | HUP) and not reading.eof and not reading.pending:
-            reading.read()
+            moved = reading.read()
             if self.finished:
                 return
+            # Bulk: the socket most likely holds more by now; take it in this event rather than the next.
+            rounds = BULK_READS if reading.splicing else 1
+            while moved and rounds > 1 and not reading.pending and not reading.eof:
+                rounds -= 1
+                moved = reading.read()
+                if self.finished:
+                    return
             if events & RDHUP and not reading.eof and not reading.pending:
                 reading.read()  # the FIN came with the data: take it now rather than after another wait
                 if self.finished:
