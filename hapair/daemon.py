@@ -58,7 +58,7 @@ class Daemon:
                 "node": self.config.node.name,
                 "pid": os.getpid(),
                 "config": os.path.abspath(self.config_path),
-                "workers": self.proxy.workers_status() if isinstance(self.proxy, Supervisor) else [],
+                "workers": self.proxy.workers_status(),
                 "cluster": self.cluster.status() if self.cluster is not None else None,
                 "replication": self.replication.status() if self.replication is not None else None,
                 "virtual_services": services,

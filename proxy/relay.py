@@ -278,7 +278,6 @@ class Session:
         # Most clients spoke while the connect was under way: read now rather than after another wait.
         self._event(IN, self.up, self.down)
 
-
     # --- events -------------------------------------------------------------------------------------
 
     def _server_event(self, events: int) -> None:

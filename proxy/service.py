@@ -280,6 +280,10 @@ class ProxyService(service.Service):
     def serving(self) -> bool:
         return self.running
 
+    def workers_status(self) -> list[dict[str, Any]]:
+        """No worker processes: the proxy runs here (`proxy.supervisor` has them)."""
+        return []
+
     def sweep(self) -> None:
         for pool in self.pools.values():
             if pool.persistence is not None:

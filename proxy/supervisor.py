@@ -85,7 +85,6 @@ class Worker:
         self._restart_call = None
         self._ended: defer.Deferred | None = None
 
-
     def start(self) -> None:
         self._restart_call = None
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -206,10 +205,6 @@ class Supervisor(service.Service):
         self.generation = 0
         self._apply_lock = defer.DeferredLock()
 
-    @property
-    def pools(self) -> dict:
-        return self.control.pools
-
     # --- lifecycle ----------------------------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
@@ -265,7 +260,7 @@ class Supervisor(service.Service):
         keys = {(str(vs.ip), port) for vs in cluster.virtual_services for port in vs.ports}
         self._bind(keys)
         moved = rebound(self.cluster, cluster)
-        old, self.cluster = self.cluster, cluster
+        self.cluster = cluster
         self.generation += 1
         sends = []
         for worker in self.workers:
@@ -276,7 +271,6 @@ class Supervisor(service.Service):
         for key in self.groups.keys() - keys:
             for sock in self.groups.pop(key):
                 sock.close()
-        del old
 
     @defer.inlineCallbacks
     def _reconfigure(self, worker: Worker, cluster: ClusterConfig, moved: set[str]) -> Any:
