@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 TRAFFIC = ("current", "total", "bytes_in", "bytes_out", "spliced", "refused", "failed")
 
 
-@dataclass
+@dataclass(slots=True)
 class Counters:
     current: int = 0
     total: int = 0
