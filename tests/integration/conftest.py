@@ -94,6 +94,18 @@ class Node:
                 pass
         return total
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU time of the daemon and its workers."""
+        total = 0.0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
     def stop(self) -> None:
         self.proc.stop()
 
