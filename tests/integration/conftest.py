@@ -83,28 +83,28 @@ class Node:
                 pass
         return found
 
-    def rss_kib(self) -> int:
-        """Resident memory of the daemon and its workers."""
-        total = 0
+    def _proc_files(self, name: str) -> list[str]:
+        """/proc/PID/`name` of the daemon and each worker still there."""
+        texts = []
         for pid in self.pids():
             try:
-                with open(f"/proc/{pid}/status") as f:
-                    total += int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+                with open(f"/proc/{pid}/{name}") as f:
+                    texts.append(f.read())
             except OSError:
-                pass
-        return total
+                pass  # a worker that exited meanwhile
+        return texts
+
+    def rss_kib(self) -> int:
+        """Resident memory of the daemon and its workers."""
+        return sum(int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) for text in self._proc_files("status"))
 
     def cpu_seconds(self) -> float:
         """User and system CPU time of the daemon and its workers."""
-        total = 0.0
-        for pid in self.pids():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return total
+        ticks = 0
+        for text in self._proc_files("stat"):
+            fields = text.rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.proc.stop()
