@@ -7,10 +7,8 @@ sockets (and so its clients' connections), its persistence table, its counters a
 
 from __future__ import annotations
 
-from typing import Any
-
 import socket
-from typing import Callable, TextIO
+from typing import Any, Callable, TextIO
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -44,10 +42,6 @@ class ProxyRuntime:
         self.sessions: set[Session] = set()
         self.accept_errors = 0
         self._accept_error_logged = 0.0
-
-    @property
-    def now(self) -> float:
-        return self.reactor.seconds()
 
     def accept_failed(self, listener: Listener, e: OSError) -> None:
         self.accept_errors += 1
@@ -120,12 +114,13 @@ class ProxyService(service.Service):
         super().stopService()
         if self._sweeper.running:
             self._sweeper.stop()
-        stopped = [self._remove(label) for label in list(self.pools)]
+        for label in list(self.pools):
+            self._remove(label)
         if self.serve:
             for session in list(self.runtime.sessions):
                 session.abort("proxy stopping")
             self.runtime.log.flush()
-        return defer.gatherResults(stopped)
+        return defer.succeed(None)
 
     def _start_sweeper(self) -> None:
         if self._sweeper.running:
@@ -156,14 +151,13 @@ class ProxyService(service.Service):
         if self.check:
             self.monitors[vs.label] = HealthMonitor(self.reactor, pool, self._health_changed)
 
-    def _remove(self, label: str) -> defer.Deferred:
+    def _remove(self, label: str) -> None:
         monitor = self.monitors.pop(label, None)
         if monitor is not None:
             monitor.stop()
         self.pools.pop(label)
         for listener in self.ports.pop(label).values():
             listener.close()
-        return defer.succeed(None)
 
     # --- reload -------------------------------------------------------------------------------------
 
@@ -189,25 +183,26 @@ class ProxyService(service.Service):
                 sock.close()
             why = e.strerror if isinstance(e, OSError) else e.args[0]
             return defer.fail(OSError(getattr(e, "errno", None), f"cannot listen on {key[0]} port {key[1]}: {why}"))
-        closing = [self._remove(label) for label in (old.keys() - new.keys()) | set(rebind)]
-        d = defer.gatherResults(closing)
+        # A failure past this point (a socket a worker was not sent) fails the Deferred, not the caller.
+        return defer.maybeDeferred(self._move_to, cluster, old, (old.keys() - new.keys()) | rebind, bound)
 
-        def bind_new(_: object) -> None:
-            for label, vs in new.items():
-                if label not in self.pools:
-                    self._add(vs, bound)
-                    if self.running and label in self.monitors:
-                        self.monitors[label].start()
-                elif vs != self.pools[label].service:
-                    restart = vs.health_check != old[label].health_check or vs.real_servers != old[label].real_servers
-                    self.pools[label].update(vs)
-                    if restart and self.running and label in self.monitors:
-                        self.monitors[label].restart()
-            self.cluster = cluster
-            if self.running:
-                self._start_sweeper()
-
-        return d.addCallback(bind_new)
+    def _move_to(self, cluster: ClusterConfig, old: dict[str, VirtualService], closing: set[str], bound: dict) -> None:
+        for label in closing:
+            self._remove(label)
+        for vs in cluster.virtual_services:
+            label = vs.label
+            if label not in self.pools:
+                self._add(vs, bound)
+                if self.running and label in self.monitors:
+                    self.monitors[label].start()
+            elif vs != self.pools[label].service:
+                restart = vs.health_check != old[label].health_check or vs.real_servers != old[label].real_servers
+                self.pools[label].update(vs)
+                if restart and self.running and label in self.monitors:
+                    self.monitors[label].restart()
+        self.cluster = cluster
+        if self.running:
+            self._start_sweeper()
 
     # --- operator actions ---------------------------------------------------------------------------
 
@@ -290,7 +285,7 @@ class ProxyService(service.Service):
                 pool.persistence.purge()
         if not self.serve:
             return
-        now = self.runtime.loop.now = self.runtime.now  # a redispatch from here stamps the real time
+        now = self.runtime.loop.now = self.reactor.seconds()  # a redispatch from here stamps the real time
         expired = []
         for session in self.runtime.sessions:
             reason = session.idle_reason(now)
