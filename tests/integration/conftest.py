@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -108,6 +108,18 @@ class Node:
 
     def stop(self) -> None:
         self.proc.stop()
+
+
+def lb1_alone(lab, config: str, ready: str, port: int) -> Iterator[Node]:
+    """A module fixture's body: lb1 alone with `config`, its listeners bound before the VIP arrives
+    (IP_FREEBIND), as on a takeover, and serving `port` to the client once log line `ready` is out."""
+    node = Node(lab, "lb1", config)
+    node.wait_log(ready)
+    lab.add_address("lb1", labmod.VIP)
+    lab.wait_port("client", labmod.VIP, port)
+    yield node
+    lab.del_address("lb1", labmod.VIP)
+    node.stop()
 
 
 @pytest.fixture

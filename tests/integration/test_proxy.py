@@ -20,7 +20,7 @@ from collections import Counter
 import pytest
 
 from hapair.lab import CLIENT_EXTRA, HOSTS, VIP
-from tests.integration.conftest import USERS, Node, connect, greeting, read_all, read_line
+from tests.integration.conftest import USERS, connect, greeting, lb1_alone, read_all, read_line
 
 RPC_PORTS = (135, 60200, 60201)
 ALLOWED_SMTP = "198.18.0.100-198.18.0.110"
@@ -46,14 +46,7 @@ def _test_services(doc: dict) -> None:
 
 @pytest.fixture(scope="module")
 def lb1(lab):
-    node = Node(lab, "lb1", _lab_config(lab))
-    node.wait_log(r"HT-SMTP listening")
-    # The VIP arrives after the listeners are bound (IP_FREEBIND), as on a takeover.
-    lab.add_address("lb1", VIP)
-    lab.wait_port("client", VIP, 80)
-    yield node
-    lab.del_address("lb1", VIP)
-    node.stop()
+    yield from lb1_alone(lab, _lab_config(lab), r"HT-SMTP listening", 80)
 
 
 def _lab_config(lab) -> str:

@@ -14,7 +14,7 @@ import pytest
 
 from hapair.lab import CLIENT_EXTRA, VIP, guide_config
 from proxy.steering import worker_of
-from tests.integration.conftest import Node, greeting
+from tests.integration.conftest import Node, greeting, lb1_alone
 
 WORKERS = 2
 RPC_PORTS = (135, 60200, 60201)
@@ -22,13 +22,8 @@ RPC_PORTS = (135, 60200, 60201)
 
 @pytest.fixture(scope="module")
 def lb1(lab):
-    node = Node(lab, "lb1", guide_config("lb1", lab.dir, lambda doc: doc["node"].update(workers=WORKERS)))
-    node.wait_log(r"proxy worker 1 ready")
-    lab.add_address("lb1", VIP)
-    lab.wait_port("client", VIP, 135)
-    yield node
-    lab.del_address("lb1", VIP)
-    node.stop()
+    config = guide_config("lb1", lab.dir, lambda doc: doc["node"].update(workers=WORKERS))
+    yield from lb1_alone(lab, config, r"proxy worker 1 ready", 135)
 
 
 def workers(node: Node) -> list[dict]:
