@@ -50,6 +50,7 @@ COPY_CHUNK = 32768
 _BUF = bytearray(COPY_CHUNK)
 _VIEW = memoryview(_BUF)
 
+#: Called with positional arguments: a `flags=` keyword costs an argument parser call per splice.
 _splice = os.splice
 _SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _LINGER_RST = struct.pack("ii", 1, 0)
@@ -68,10 +69,14 @@ class Direction:
     up, and the destination gets its bytes in fewer, larger writes. Each read is bounded by the bytes
     the pipe has room for; and since a pipe counts slots, not bytes, a read that finds nothing while the
     pipe holds bytes may mean a pipe out of slots rather than an empty socket: the direction then waits
-    for the destination to take some (`full`), never for the source, which would wake it at once."""
+    for the destination to take some (`full`), never for the source, which would wake it at once.
+
+    A destination that took less than it was offered is full (`blocked`): the reads that follow only
+    fill the pipe, and the next write waits for the destination to say it has room. Writing after each
+    read anyway would be a syscall that can only fail, once per read of a bulk transfer to a slow reader."""
 
     __slots__ = ("session", "src", "dst", "src_fd", "dst_fd", "pipe", "buf", "pending", "eof", "shut", "count",
-                 "src_side", "dst_side", "upstream", "splicing", "full")  # fmt: skip
+                 "src_side", "dst_side", "upstream", "splicing", "full", "blocked")  # fmt: skip
 
     def __init__(self, session: Session, src: socket.socket, dst: socket.socket, upstream: bool):
         self.session = session
@@ -87,6 +92,8 @@ class Direction:
         self.splicing = False
         #: The pipe can take no more until the destination takes some.
         self.full = False
+        #: The destination took less than it was offered: write again only once it says it has room.
+        self.blocked = False
         self.src_side, self.dst_side = ("client", "server") if upstream else ("server", "client")
 
     def can_read(self) -> bool:
@@ -103,7 +110,7 @@ class Direction:
                 if pipe is None:  # no pipe to be had: copy
                     n = self.src.recv_into(_BUF)
                 else:
-                    n = _splice(self.src_fd, pipe.w, pipe.size - self.pending, flags=_SPLICE)
+                    n = _splice(self.src_fd, pipe.w, pipe.size - self.pending, None, None, _SPLICE)
             else:
                 n = self.src.recv_into(_BUF)
         except BlockingIOError:
@@ -137,7 +144,8 @@ class Direction:
             self.pending += n
             if self.pending >= pipe.size:
                 self.full = True
-            self.flush()
+            if not self.blocked:
+                self.flush()
             return True
         try:
             sent = self.dst.send(_VIEW[:n])
@@ -157,11 +165,12 @@ class Direction:
         try:
             pipe = self.pipe
             if pipe is not None:
-                n = _splice(pipe.r, self.dst_fd, self.pending, flags=_SPLICE)
+                n = _splice(pipe.r, self.dst_fd, self.pending, None, None, _SPLICE)
             else:
                 n = self.dst.send(self.buf)
                 self.buf = self.buf[n:]
         except BlockingIOError:
+            self.blocked = True
             return
         except OSError:
             self.session.abort(f"{self.dst_side} reset")
@@ -169,7 +178,9 @@ class Direction:
         self.pending -= n
         if n:
             self.full = False
-        if not self.pending:
+        if self.pending:
+            self.blocked = True
+        else:
             self._release()
             if self.eof:
                 self._shutdown()
@@ -344,6 +355,7 @@ class Session:
                 if self.finished:
                     return
         if events & (OUT | ERR | HUP) and writing.pending:
+            writing.blocked = False
             writing.flush()
             if self.finished:
                 return

@@ -11,6 +11,7 @@ import pytest
 
 from hapair.config import AdminState, Persistence, PersistenceMode, RealServer, VirtualService
 from proxy.pool import Pool
+from proxy import relay
 from proxy.relay import Session
 from proxy.service import ProxyRuntime
 from tests.unit.test_loop import FakeReactor
@@ -79,9 +80,8 @@ def proxied():
     p.close()
 
 
-@pytest.mark.parametrize("segment", [100, 16384], ids=["small segments", "large segments"])
-def test_a_stalled_client_stops_a_splicing_direction_without_spinning(proxied, segment):
-    # A first read that fills the copy buffer makes the direction splice; the client takes that much.
+def _make_splicing(proxied) -> bytearray:
+    """A first read that fills the copy buffer makes the down direction splice; the client takes it."""
     proxied.server.send(b"x" * 65536)
     proxied.client.setblocking(False)
     got = bytearray()
@@ -94,6 +94,12 @@ def test_a_stalled_client_stops_a_splicing_direction_without_spinning(proxied, s
         except BlockingIOError:
             pass
     assert got == b"x" * 65536 and proxied.session.down.splicing
+    return got
+
+
+@pytest.mark.parametrize("segment", [100, 16384], ids=["small segments", "large segments"])
+def test_a_stalled_client_stops_a_splicing_direction_without_spinning(proxied, segment):
+    got = _make_splicing(proxied)
     proxied.server_sends(b"y" * segment, limit=200_000)
     down = proxied.session.down
     assert down.pending > 0, "the pipe should hold what the client would not take"
@@ -112,3 +118,52 @@ def test_a_stalled_client_stops_a_splicing_direction_without_spinning(proxied, s
                 break
     assert len(got) == down.count > held
     assert got[:65536] == b"x" * 65536 and got.count(b"y") == len(got) - 65536
+
+
+#: A stream whose every byte is known by its offset, so reordered or lost bytes show.
+_PATTERN = bytes(range(251)) * 1000
+
+
+def _slow_client(proxied, cycles: int) -> None:
+    """The server sends as fast as the proxy takes it; the client reads at most 16 KiB at a time, so the proxy
+    keeps filling its pipe from the server and draining it to the client in small steps (its small window
+    gives it 4 KiB a read)."""
+    sent = got = 0
+    for _ in range(cycles):
+        while True:
+            off = sent % 251
+            try:
+                sent += proxied.server.send(_PATTERN[off : off + 65536])
+            except BlockingIOError:
+                break
+        for _ in range(4):
+            proxied.poll()
+        try:
+            data = proxied.client.recv(16384)
+        except BlockingIOError:
+            continue
+        off = got % 251
+        assert data == _PATTERN[off : off + len(data)], "bytes lost or out of order"
+        got += len(data)
+    assert got >= cycles * 2048, "the client was starved"
+
+
+def test_a_slow_client_is_not_offered_bytes_before_it_has_room(proxied, monkeypatch):
+    # A write the client took only in part means it is full: the reads that follow fill the pipe and
+    # leave the client alone until it says it has room. Offering it bytes after each read is a syscall
+    # that can only fail.
+    _make_splicing(proxied)
+    refused = []
+    real = relay._splice
+
+    def counting(src, dst, n, *args, **kwargs):
+        try:
+            return real(src, dst, n, *args, **kwargs)
+        except BlockingIOError:
+            if dst == proxied.session.cfd:
+                refused.append(n)
+            raise
+
+    monkeypatch.setattr(relay, "_splice", counting)
+    _slow_client(proxied, 300)
+    assert len(refused) <= 3, f"{len(refused)} splices to a client that had said it was full"
