@@ -161,6 +161,18 @@ class Direction:
             self.splicing = True  # a full buffer: bulk, splice from now on
         return True
 
+    def pump(self) -> None:
+        """Reads once; a splicing direction goes on (the socket most likely holds more by now) while each
+        read moves bytes and the pipe has room, up to BULK_READS reads and BULK_BYTES."""
+        moved = self.read()
+        if not self.splicing:
+            return
+        rounds = BULK_READS - 1
+        start = self.count
+        while moved and rounds and self.session is not None and self.can_read() and self.count - start < BULK_BYTES:
+            rounds -= 1
+            moved = self.read()
+
     def flush(self) -> None:
         try:
             pipe = self.pipe
@@ -337,17 +349,9 @@ class Session:
         """`reading` reads the socket the event is about; `writing` writes to it."""
         if events & (IN | ERR | HUP) and reading.can_read():
             had = reading.pending
-            moved = reading.read()
+            reading.pump()
             if self.finished:
                 return
-            # Bulk: the socket most likely holds more by now; take it in this event rather than the next.
-            rounds = BULK_READS if reading.splicing else 1
-            start = reading.count
-            while moved and rounds > 1 and reading.can_read() and reading.count - start < BULK_BYTES:
-                rounds -= 1
-                moved = reading.read()
-                if self.finished:
-                    return
             if events == IN and not had and not reading.pending and not reading.eof:
                 return  # all it read is written, as before: what each socket waits for is unchanged
             if events & RDHUP and reading.can_read():
@@ -359,6 +363,13 @@ class Session:
             writing.flush()
             if self.finished:
                 return
+            if writing.splicing and writing.can_read():
+                # A slow reader made room, and its source most likely filled up meanwhile: refill the pipe
+                # now rather than start watching the source again (two epoll_ctl calls per step of the
+                # reader) to be told so on the next wait.
+                writing.pump()
+                if self.finished:
+                    return
         up, down = self.up, self.down
         if up.shut and down.shut:
             self.close()

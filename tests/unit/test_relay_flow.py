@@ -167,3 +167,22 @@ def test_a_slow_client_is_not_offered_bytes_before_it_has_room(proxied, monkeypa
     monkeypatch.setattr(relay, "_splice", counting)
     _slow_client(proxied, 300)
     assert len(refused) <= 3, f"{len(refused)} splices to a client that had said it was full"
+
+
+def test_a_slow_client_refills_the_pipe_without_rewatching_the_server(proxied, monkeypatch):
+    # Each time the client takes some bytes, the pipe is refilled from the server in the same event: the
+    # server, still full, is read without being watched again, where stopping and starting the watch on
+    # it would cost two epoll_ctl calls per step of the client.
+    _make_splicing(proxied)
+    watched = []
+    loop = proxied.runtime.loop
+    real = loop.watch
+
+    def counting(fd, mask):
+        if fd == proxied.session.sfd:
+            watched.append(mask)
+        real(fd, mask)
+
+    monkeypatch.setattr(loop, "watch", counting)
+    _slow_client(proxied, 300)
+    assert len(watched) <= 3, f"the server was watched again {len(watched)} times in 300 steps"
