@@ -161,11 +161,11 @@ class Processes:
         self.workdir = workdir
         self.procs: list[Proc] = []
 
-    def start(self, name: str, argv: list[str], cpu: str, pipes: bool = False) -> Proc:
+    def start(self, name: str, argv: list[str], cpu: str, pipes: bool = False, cwd: Path = REPO) -> Proc:
         log = self.workdir / f"{name}.log"
         with open(log, "ab") as out:
             popen = subprocess.Popen(
-                ["taskset", "-c", cpu, *argv], cwd=REPO, start_new_session=True, preexec_fn=_die_with_parent,
+                ["taskset", "-c", cpu, *argv], cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent,
                 stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
                 stdout=subprocess.PIPE if pipes else out, stderr=out, text=pipes,
             )  # fmt: skip

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Two or more versions of the proxy against each other, and against HAProxy, in one paired run.
+
+A before/after of a few per cent cannot be read off two runs of bench/proxy_vs_haproxy.py: this VM's speed
+swings by 20% from one minute to the next. Here every version serves at once (each its own hapair daemon,
+one worker, on CPU 0, with ports of its own), next to the reference HAProxy (with splice for the bulk
+workloads, as shipped for the others), and the load takes turns through them in short slices, reversing
+the order every round, so that slow spells hit all of them alike. What is reported is CPU per unit over
+all rounds (split into user and system time: the system calls are the same for all of them, the Python is
+what differs), the median rate, and each as a ratio to the first version and to HAProxy.
+
+    python3 bench/paired.py REV_OR_DIR ... [--workload bulk1|bulk8|keepalive|newconn ...]
+                                           [--rounds 8] [--duration 4]
+
+A REV_OR_DIR is a directory holding a checkout, or a git revision of this repository (exported with
+`git archive` into the temporary directory). Example: `python3 bench/paired.py HEAD~1 HEAD --workload
+bulk8`. Same machine layout, backends, configuration and clean-up as bench/proxy_vs_haproxy.py, whose
+parts it uses; the load runs on CPU 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import proxy_vs_haproxy as b  # noqa: E402
+
+#: Each version's ports: the benchmark's own, shifted by this much times its position (1, 2, ...).
+PORT_STEP = 1000
+#: What each workload runs, its unit, and which HAProxy it is compared to.
+WORKLOADS = {
+    "bulk1": ("Gbit", "haproxy-splice"),
+    "bulk8": ("Gbit", "haproxy-splice"),
+    "keepalive": ("request", "haproxy"),
+    "newconn": ("connection", "haproxy"),
+}
+
+
+def checkout(spec: str, into: Path) -> Path:
+    if Path(spec).is_dir():
+        return Path(spec).resolve()
+    into.mkdir()
+    archive = subprocess.run(["git", "-C", str(b.REPO), "archive", spec], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def start_version(procs: b.Processes, tree: Path, workdir: Path, index: int) -> b.Proxy:
+    """One hapair daemon running the code in `tree` (its workers too: they start from the daemon's cwd)."""
+    ports = {w: p + PORT_STEP * index for w, p in b.HAPAIR_PORTS.items()}
+    config = b.hapair_config(workdir, 1)
+    for workload, port in b.HAPAIR_PORTS.items():
+        config = config.replace(f"[{port}]", f"[{ports[workload]}]")
+    path = workdir / "hapair.yaml"
+    path.write_text(config)
+    argv = ["env", f"PYTHONPATH={tree}", sys.executable, "-m", "hapair", "--config", str(path), "run"]
+    proc = procs.start(f"hapair-{index}", argv, b.CPUS["proxy"], cwd=tree)
+    b.wait_until(f"hapair from {tree} serving", lambda: "serving" in proc.output(), 30, proc)
+    return b.Proxy(f"hapair-{index}", proc, ports)
+
+
+def user_sys(pid: int) -> tuple[float, float]:
+    user = system = 0.0
+    for p in b.tree(pid):
+        try:
+            fields = b._stat(p)
+        except OSError:
+            continue
+        user += int(fields[11]) / b.CLK_TCK
+        system += int(fields[12]) / b.CLK_TCK
+    return user, system
+
+
+def run_once(proxy: b.Proxy, workload: str, duration: int) -> tuple[float, float, float, float]:
+    """(units moved, rate, user seconds, system seconds) of one slice of `workload` through `proxy`."""
+    u0, s0 = user_sys(proxy.pid)
+    port = proxy.ports[workload]
+    if workload.startswith("bulk"):
+        out = b.iperf(port, 1 if workload == "bulk1" else 8, duration)
+        units, rate = out["gbit"], out["gbps"]
+    else:
+        out = b.wrk(port, duration, workload == "newconn")
+        units, rate = out["requests"], out["rate"]
+    u1, s1 = user_sys(proxy.pid)
+    return units, rate, u1 - u0, s1 - s0
+
+
+def report(workload: str, names: list[str], samples: dict[str, list[tuple]]) -> list[str]:
+    unit, reference = WORKLOADS[workload]
+    scale, per = (1e3, "ms") if unit == "Gbit" else (1e6, "us")
+    figures = {}
+    for name in names:
+        units = sum(s[0] for s in samples[name])
+        user, system = sum(s[2] for s in samples[name]), sum(s[3] for s in samples[name])
+        figures[name] = ((user + system) * scale / units, user * scale / units, system * scale / units,
+                         statistics.median(s[1] for s in samples[name]))  # fmt: skip
+    first, ref = figures[names[0]], figures[reference]
+    lines = [f"{workload}: CPU {per} per {unit} (user + system), median rate per second; ratios to "
+             f"{names[0]} and to {reference}"]  # fmt: skip
+    for name in names:
+        cpu, user, system, rate = figures[name]
+        lines.append(f"  {name:24s} {cpu:8.2f} ({user:.2f} + {system:.2f})  x{cpu / first[0]:.3f}  "
+                     f"x{cpu / ref[0]:.3f} of {reference}   rate {rate:10.2f}  x{rate / first[3]:.3f}  "
+                     f"x{rate / ref[3]:.3f}")  # fmt: skip
+    return lines
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("versions", nargs="+", metavar="REV_OR_DIR")
+    p.add_argument("--workload", action="append", choices=sorted(WORKLOADS))
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--duration", type=int, default=4)
+    args = p.parse_args()
+    workloads = args.workload or list(WORKLOADS)
+    b.raise_nofile()
+    with tempfile.TemporaryDirectory(prefix="hapair-paired-") as tmp:
+        root = Path(tmp)
+        procs = b.Processes(root)
+        try:
+            b.start_iperf_server(procs)
+            b.start_nginx(procs, root)
+            proxies, names = {}, []
+            for i, spec in enumerate(args.versions, 1):
+                work = root / f"v{i}"
+                work.mkdir()
+                name = f"{i}:{spec}"
+                proxies[name] = start_version(procs, checkout(spec, root / f"tree{i}"), work, i)
+                names.append(name)
+            for splice in (False, True):
+                proxy = b.start_haproxy(procs, root, splice, 1)
+                proxies[proxy.name] = proxy
+            time.sleep(2.5)  # the first health checks
+            samples = {w: {n: [] for n in proxies} for w in workloads}
+            for r in range(args.rounds):
+                for workload in workloads:
+                    order = [*names, WORKLOADS[workload][1]]
+                    for name in order if r % 2 == 0 else order[::-1]:
+                        samples[workload][name].append(run_once(proxies[name], workload, args.duration))
+                        time.sleep(b.SETTLE)
+                print(f"round {r + 1} of {args.rounds} done", file=sys.stderr)
+            for workload in workloads:
+                names_here = [*names, WORKLOADS[workload][1]]
+                print("\n".join(report(workload, names_here, samples[workload])))
+        finally:
+            procs.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
