@@ -349,7 +349,10 @@ class Session:
         """`reading` reads the socket the event is about; `writing` writes to it."""
         if events & (IN | ERR | HUP) and reading.can_read():
             had = reading.pending
-            reading.pump()
+            if reading.splicing:
+                reading.pump()
+            else:
+                reading.read()  # the common case of small messages, without pump's call
             if self.finished:
                 return
             if events == IN and not had and not reading.pending and not reading.eof:
