@@ -4,10 +4,15 @@
 A before/after of a few per cent cannot be read off two runs of bench/proxy_vs_haproxy.py: this VM's speed
 swings by 20% from one minute to the next. Here every version serves at once (each its own hapair daemon,
 one worker, on CPU 0, with ports of its own), next to the reference HAProxy (with splice for the bulk
-workloads, as shipped for the others), and the load takes turns through them in short slices, reversing
-the order every round, so that slow spells hit all of them alike. What is reported is CPU per unit over
+workloads, as shipped for the others), and the load takes turns through them in short slices, the order
+rotating every round (and reversed every other cycle), so that slow spells hit all of them alike and
+none always runs right after the same other one. What is reported is CPU per unit over
 all rounds (split into user and system time: the system calls are the same for all of them, the Python is
 what differs), the median rate, and each as a ratio to the first version and to HAProxy.
+
+Its resolution is a few per cent, not better: three copies of one version (`paired.py HEAD HEAD HEAD`,
+8 rounds of 3 s) differed by up to 3% in CPU per new connection and 7% per keep-alive request, each
+daemon keeping a bias of its own that no ordering removes. Repeat a run before trusting a smaller gap.
 
     python3 bench/paired.py REV_OR_DIR ... [--workload bulk1|bulk8|keepalive|newconn ...]
                                            [--rounds 8] [--duration 4]
@@ -142,7 +147,8 @@ def main() -> int:
             for r in range(args.rounds):
                 for workload in workloads:
                     order = [*names, WORKLOADS[workload][1]]
-                    for name in order if r % 2 == 0 else order[::-1]:
+                    order = order[r % len(order) :] + order[: r % len(order)]  # each takes each place in turn
+                    for name in order if (r // len(order)) % 2 == 0 else order[::-1]:
                         samples[workload][name].append(run_once(proxies[name], workload, args.duration))
                         time.sleep(b.SETTLE)
                 print(f"round {r + 1} of {args.rounds} done", file=sys.stderr)
