@@ -96,16 +96,17 @@ def test_a_wrong_password_is_refused_and_guessing_is_slowed_down(lab, nodes):
     assert lb1.cli("pair", "add", HOSTS["lb2"], "--password-file", right).returncode == 0
 
 
-def test_a_change_on_the_master_is_applied_on_the_slave_within_a_second(lab, nodes, client):
+def test_a_change_on_the_master_is_applied_on_the_slave(lab, nodes, client):
+    # How fast is a benchmark's question (bench/replication_latency.py); this one is whether it arrives.
     lb1, lb2 = nodes.pair()
     before = node_part(lb2.config)
+    offset = len(lb2.log())
     standin = [{"label": "CAS1", "ip": HOSTS["cas1"], "port": 135}, {"label": "CAS2", "ip": HOSTS["cas2"], "port": 135}]
     edit(lb1.config, lambda d: d["cluster"]["virtual_services"].append(
         {"label": "NEW-RPC", "ip": VIP, "ports": [8140], "real_servers": standin}))
     assert lb1.cli("reload").returncode == 0
-    changed = time.monotonic()
-    wait_for(lambda: any(vs["label"] == "NEW-RPC" for vs in lb2.status()["virtual_services"]), 1.0, "lb2 applies")
-    assert time.monotonic() - changed < 1.0
+    wait_for(lambda: any(vs["label"] == "NEW-RPC" for vs in lb2.status()["virtual_services"]), 10, "lb2 applies")
+    lb2.wait_log(r"applied version 2 from lb1", after=offset)
     assert rep(lb2)["version"] == rep(lb1)["version"] == 2
     assert node_part(lb2.config) == before  # the slave's node-local settings survive the sync
     assert "NEW-RPC" in open(lb2.config).read()
