@@ -87,6 +87,10 @@ def pair(lab):
 
     def start_pair(mutate=None, **ha) -> tuple[Node, Node]:
         lb1, lb2 = start("lb1", mutate, **ha), start("lb2", mutate, **ha)
+        # Deadlines count from the cluster's start, not from the process's: a busy machine takes seconds
+        # to import Twisted and scapy, and that is no part of what these tests are about.
+        for node in (lb1, lb2):
+            node.wait_log(r"cluster: ", timeout=20)
         wait_for(lambda: lab.holds("lb1", VIP), 5, "lb1 master")
         lb2.wait_log(r"INIT -> SLAVE")
         return lb1, lb2
@@ -250,6 +254,7 @@ def test_with_failback_the_returning_master_takes_the_vips_back(lab, pair):
     wait_for(lambda: not lab.holds("lb1", VIP), VIP_LEASE + 1.5, "lb1's stale VIP expires")
     watch = VipWatch(lab)
     lb1 = pair.node("lb1", auto_failback=True)
+    lb1.wait_log(r"cluster: ", timeout=20)
     wait_for(lambda: lab.holds("lb1", VIP) and not lab.holds("lb2", VIP), 5, "failback to lb1")
     assert watch.stop().longest_both() <= INTERVAL
     lb2.wait_log(r"MASTER -> SLAVE: failback to lb1")

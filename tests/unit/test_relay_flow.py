@@ -40,6 +40,11 @@ class Proxied:
                                host, sport)  # fmt: skip
         self.server, _ = backend.accept()
         self.server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Fixed buffers on the server's side too: autotuning may grow a receive buffer to tcp_rmem's
+        # maximum (32 MiB here), and the bytes the kernel holds before the server is stopped would vary
+        # from a few thousand small sends to over 200,000 from one run to the next.
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        self.session.server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 262144)
         self.server.setblocking(False)
         backend.close()
         front.close()
