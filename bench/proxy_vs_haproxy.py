@@ -29,6 +29,8 @@ How:
   * Proxy CPU is utime+stime from /proc/PID/stat of the proxy and its descendants (hapair's workers),
     read before and after each run; memory is VmRSS from /proc/PID/status, summed the same way. The idle-memory test runs first, on freshly started proxies, so that memory
     freed by the other workloads cannot hide the cost of new connections.
+  * The notes give, per workload, the share of all CPUs' time that the VM's host took away (steal in
+    /proc/stat) while the load ran: the rounds of a run with a lot of it are not to be trusted.
   * Both keep source-IP persistence (haproxy: a stick table on src, 60 min, as hapair's services).
     hapair logs one line per session (its design); haproxy is configured without logging.
 
@@ -275,6 +277,14 @@ def cpu_seconds(pid: int) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime: the 14th and 15th
     return total
+
+
+def host_ticks() -> tuple[int, int]:
+    """(stolen, total) clock ticks of all CPUs so far, from /proc/stat: the time a VM's host gave to
+    others is what makes one round slower than the next, and the notes report it per workload."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:9]]
+    return fields[7], sum(fields)
 
 
 def rss_kib(pid: int) -> int:
@@ -677,6 +687,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
         if args.only:
             plan = [step for step in plan if step[0] in args.only]
         samples: dict[str, dict[tuple[str, str], list[float]]] = {p.name: {} for p in proxies}
+        stolen: dict[str, list[int]] = {}
         for workload, run in plan:
             # The proxies take turns, round after round: a machine that slows down for a while (a shared
             # VM does) then weighs on all of them alike, and the median of the rounds is reported.
@@ -684,8 +695,13 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
                 for proxy in proxies:
                     print(f"  {workload} through {proxy.name} (round {round_ + 1}) ...", file=sys.stderr, flush=True)
                     try:
+                        before = host_ticks()
                         for metric, value in run(proxy).items():
                             samples[proxy.name].setdefault((workload, metric), []).append(value)
+                        after = host_ticks()
+                        ticks = stolen.setdefault(workload, [0, 0])
+                        ticks[0] += after[0] - before[0]
+                        ticks[1] += after[1] - before[1]
                     except (BenchError, subprocess.TimeoutExpired, OSError) as e:
                         proxy.notes.append(f"{workload}: FAILED: {e}")
                         print(f"    failed: {e}", file=sys.stderr, flush=True)
@@ -703,6 +719,8 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
                 notes.append(f"{haproxy.name} EXITED with status {haproxy.proc.popen.returncode}")
             warnings = [l for l in haproxy.proc.output().splitlines() if "WARNING" in l or "ALERT" in l]
             notes += [f"{haproxy.name} log: {l[:200]}" for l in warnings[:5]]
+        notes.append("CPU time stolen by the VM's host while the load ran: " + ", ".join(
+            f"{workload} {100 * steal / total:.1f}%" for workload, (steal, total) in stolen.items() if total))
         notes.append(f"total run time {time.monotonic() - started:.0f}s")
         return [*machine_header(args, args.connections), "", *table(results), "", "notes:",
                 *[f"  {n}" for n in notes]]  # fmt: skip
