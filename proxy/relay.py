@@ -162,11 +162,10 @@ class Direction:
         return True
 
     def pump(self) -> None:
-        """Reads once; a splicing direction goes on (the socket most likely holds more by now) while each
-        read moves bytes and the pipe has room, up to BULK_READS reads and BULK_BYTES."""
+        """A splicing direction's reads: on (the socket most likely holds more by now) while each read
+        moves bytes and the pipe has room, up to BULK_READS reads and BULK_BYTES. A copying direction
+        reads once (`read`): its buffer holds one read at a time."""
         moved = self.read()
-        if not self.splicing:
-            return
         rounds = BULK_READS - 1
         start = self.count
         while moved and rounds and self.session is not None and self.can_read() and self.count - start < BULK_BYTES:
