@@ -71,21 +71,9 @@ def start_version(procs: b.Processes, tree: Path, workdir: Path, index: int) -> 
     return b.Proxy(f"hapair-{index}", proc, ports)
 
 
-def user_sys(pid: int) -> tuple[float, float]:
-    user = system = 0.0
-    for p in b.tree(pid):
-        try:
-            fields = b._stat(p)
-        except OSError:
-            continue
-        user += int(fields[11]) / b.CLK_TCK
-        system += int(fields[12]) / b.CLK_TCK
-    return user, system
-
-
 def run_once(proxy: b.Proxy, workload: str, duration: int) -> tuple[float, float, float, float]:
     """(units moved, rate, user seconds, system seconds) of one slice of `workload` through `proxy`."""
-    u0, s0 = user_sys(proxy.pid)
+    u0, s0 = b.user_system_seconds(proxy.pid)
     port = proxy.ports[workload]
     if workload.startswith("bulk"):
         out = b.iperf(port, 1 if workload == "bulk1" else 8, duration)
@@ -93,7 +81,7 @@ def run_once(proxy: b.Proxy, workload: str, duration: int) -> tuple[float, float
     else:
         out = b.wrk(port, duration, workload == "newconn")
         units, rate = out["requests"], out["rate"]
-    u1, s1 = user_sys(proxy.pid)
+    u1, s1 = b.user_system_seconds(proxy.pid)
     return units, rate, u1 - u0, s1 - s0
 
 

@@ -267,16 +267,22 @@ def tree(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` and its live descendants."""
-    total = 0.0
+def user_system_seconds(pid: int) -> tuple[float, float]:
+    """(utime, stime) of `pid` and its live descendants."""
+    user = system = 0.0
     for p in tree(pid):
         try:
             fields = _stat(p)
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime: the 14th and 15th
-    return total
+        user += int(fields[11]) / CLK_TCK  # utime, stime: the 14th and 15th
+        system += int(fields[12]) / CLK_TCK
+    return user, system
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` and its live descendants."""
+    return sum(user_system_seconds(pid))
 
 
 def host_ticks() -> tuple[int, int]:
