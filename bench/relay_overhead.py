@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
 """The Python cost of one keep-alive request through the relay, without the system calls.
 
-    python3 bench/relay_overhead.py [--sessions 50] [--repeat 30]
+    python3 bench/relay_overhead.py [--sessions 50] [--repeat 30] [--instructions]
 
-Opens real sessions on loopback (a listener stands in for the real server), then swaps each
-direction's sockets for stand-ins whose recv_into returns a fixed size and whose send is `len`, and
-drives `Loop._dispatch` with one client event and one server event per session, as a keep-alive
-request makes them. What remains is the interpreter's work per request: dispatch, the session's event
-handler, counters. The best of --repeat passes is printed; that figure is steady on a noisy machine,
-where CPU per request under wrk swings by 20 per cent from one minute to the next, so it is the one to
-compare two versions of the relay by (run it in each tree). The system calls are the same for hapair
-and HAProxy (strace shows 2 recv and 2 send per request for both), so this is the part of the gap that
-is ours.
+Opens real sessions on loopback (a listener stands in for the real server), then stands in for the
+relay's system calls (`proxy.relay._readv` gives each socket's message, `_write` takes all it is
+given), and drives `Loop._dispatch` with one client event and one server event per session, as a
+keep-alive request makes them. What remains is the interpreter's work per request: dispatch, the
+direction's event handler, counting. The system calls are the same for hapair and HAProxy (2 reads and
+2 writes per request for both), so this is the part of the gap that is ours.
+
+The best of --repeat passes is printed in microseconds. On this VM even that swings by a factor of two
+when the host is busy; --instructions counts instead (valgrind's callgrind, the program run with 1 and
+with 4 passes, the difference divided by the requests between): the same figure on every run, whatever
+the machine is doing, and the one to compare two versions of the relay by (run it in each tree).
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import socket
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,6 +35,7 @@ from twisted.internet.task import Clock  # noqa: E402
 from hapair.config import AdminState, Persistence, PersistenceMode, RealServer, VirtualService  # noqa: E402
 from proxy.loop import IN, OUT  # noqa: E402
 from proxy.pool import Pool  # noqa: E402
+from proxy import relay  # noqa: E402
 from proxy.relay import Session  # noqa: E402
 from proxy.service import ProxyRuntime  # noqa: E402
 
@@ -42,19 +48,14 @@ class Reactor(Clock):
         pass
 
 
-class StandIn:
-    """A socket that always has `size` bytes to give and takes whatever it is sent."""
-
-    def __init__(self, size: int):
-        self.recv_into = lambda buf: size
-        self.send = len
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--instructions", action="store_true", help="count instructions with callgrind")
     args = parser.parse_args()
+    if args.instructions:
+        return count_instructions(args.sessions)
 
     backend = socket.create_server(("127.0.0.1", 0), backlog=args.sessions)
     port = backend.getsockname()[1]
@@ -65,30 +66,60 @@ def main() -> int:
     runtime = ProxyRuntime(reactor, open(os.devnull, "w"))
     pool = Pool(service, reactor)
     kept, ready = [], []
+    given: dict[int, int] = {}
     for i in range(args.sessions):
         client, peer = socket.socketpair()
         client.setblocking(False)
-        session = Session(runtime, pool, pool.choose("127.0.0.1"), "127.0.0.1", port, client, "127.0.0.1", 40000 + i)
+        session = Session(runtime, pool, pool.choose("127.0.0.1"), "127.0.0.1", port, client.detach(), "127.0.0.1",
+                          40000 + i)  # fmt: skip
         accepted, _ = backend.accept()
-        session._server_event(OUT)  # the connect completed
-        kept += [client, peer, accepted]
-        request, response = StandIn(100), StandIn(1174)  # the benchmark's request and nginx's answer
-        session.up.src, session.up.dst = request, response
-        session.down.src, session.down.dst = response, request
+        session._connected(OUT)  # the connect completed
+        kept += [peer, accepted]
+        given[session.cfd], given[session.sfd] = 100, 1174  # the benchmark's request, nginx's answer
         ready += [(session.cfd, IN), (session.sfd, IN)]
+    # The relay's system calls, stood in for: every socket always has its message to give, and takes
+    # whatever it is sent.
+    relay._readv = lambda fd, buffers: given[fd]
+    relay._write = lambda fd, data: len(data)
 
-    def one_pass(rounds: int = 400) -> float:
+    def one_pass(rounds: int = ROUNDS) -> float:
         started = time.perf_counter()
         for _ in range(rounds):
             runtime.loop._dispatch(ready)
         return (time.perf_counter() - started) / (rounds * args.sessions) * 1e6
 
     best = min(one_pass() for _ in range(args.repeat))
-    moved = sum(s.up.count + s.down.count for s in runtime.sessions)
+    moved = sum(sum(s.traffic()) for s in runtime.sessions)
     if not moved:
         print("no bytes moved: the relay did not run", file=sys.stderr)
         return 1
     print(f"relay Python cost per keep-alive request (2 events, {args.sessions} sessions): {best:.2f} us")
+    return 0
+
+
+#: Dispatch rounds per pass: each is one keep-alive request per session.
+ROUNDS = 400
+
+
+def count_instructions(sessions: int) -> int:
+    """Instructions per request: this program under callgrind with 1 pass and with 4, the difference
+    divided by the requests in between."""
+    totals = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for passes in (1, 4):
+            result = subprocess.run(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out", sys.executable,
+                 os.path.abspath(__file__), "--sessions", str(sessions), "--repeat", str(passes)],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            found = re.search(r"Collected : (\d+)", result.stderr)
+            if found is None:
+                print(f"no count from callgrind: {result.stderr[-500:]}", file=sys.stderr)
+                return 1
+            totals.append(int(found.group(1)))
+    per_request = (totals[1] - totals[0]) / (3 * ROUNDS * sessions)
+    print(f"relay Python cost per keep-alive request (2 events, {sessions} sessions): "
+          f"{per_request:,.0f} instructions")  # fmt: skip
     return 0
 
 

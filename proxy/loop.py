@@ -38,8 +38,13 @@ class Loop:
         self._epoll = select.epoll()
         self._handlers: dict[int, Callable[[int], None]] = {}
         self._masks: dict[int, int] = {}
-        #: Fds forgotten during the current batch of events.
+        #: Fds forgotten during the current batch of events, and the handlers of new sockets that took
+        #: one of their numbers (accept and socket() take the lowest free one) in the same batch: the
+        #: batch's leftover events for such a number belong to the old socket, so its new handler starts
+        #: with the next batch.
         self._stale: set[int] = set()
+        self._reborn: dict[int, Callable[[int], None]] = {}
+        self._dispatching = False
         #: The time of the current batch of events: one clock read per wake-up, not one per socket.
         self._seconds = reactor.seconds
         self.now = self._seconds()
@@ -66,15 +71,12 @@ class Loop:
             self._dispatch(ready)
 
     def _dispatch(self, ready: list[tuple[int, int]]) -> None:
-        """Calls each ready socket's handler. An fd closed earlier in the same batch may already carry
-        a new socket (accept and socket() take the lowest free number): its leftover events belong to
-        the old one and are skipped; the new socket's own events come with the next poll."""
+        """Calls each ready socket's handler: none for an fd closed earlier in the same batch, even if a new
+        socket has its number by now (see `_reborn`)."""
         self.now = self._seconds()
-        handlers, stale = self._handlers, self._stale
-        stale.clear()
+        handlers = self._handlers
+        self._dispatching = True
         for fd, events in ready:
-            if fd in stale:
-                continue
             handler = handlers.get(fd)
             if handler is None:
                 continue
@@ -82,6 +84,11 @@ class Loop:
                 handler(events)
             except Exception:
                 log.failure("proxy event handler failed on fd {fd}", fd=fd)
+        self._dispatching = False
+        if self._stale:
+            self._stale.clear()
+            handlers.update(self._reborn)
+            self._reborn.clear()
 
     def connectionLost(self, reason: object) -> None:
         pass
@@ -89,8 +96,13 @@ class Loop:
     # --- sockets ------------------------------------------------------------------------------------
 
     def add(self, fd: int, mask: int, handler: Callable[[int], None]) -> None:
-        self._handlers[fd] = handler
-        self._masks[fd] = 0
+        """Calls `handler` with the events of `fd`, from now on waiting for `mask` (an fd already here
+        changes handler)."""
+        if fd in self._stale:
+            self._reborn[fd] = handler
+        else:
+            self._handlers[fd] = handler
+        self._masks.setdefault(fd, 0)
         self.watch(fd, mask)
 
     def watch(self, fd: int, mask: int) -> None:
@@ -110,13 +122,17 @@ class Loop:
         """Forgets `fd` without telling epoll: for a socket about to be closed, which leaves the set
         by itself (it is never duplicated)."""
         self._handlers.pop(fd, None)
+        self._reborn.pop(fd, None)
         self._masks.pop(fd, None)
-        self._stale.add(fd)
+        if self._dispatching:
+            self._stale.add(fd)
 
     def remove(self, fd: int) -> None:
         """Forgets `fd`; call before closing it."""
-        self._stale.add(fd)
+        if self._dispatching:
+            self._stale.add(fd)
         self._handlers.pop(fd, None)
+        self._reborn.pop(fd, None)
         if self._masks.pop(fd, 0):
             self._epoll.unregister(fd)
 

@@ -23,5 +23,15 @@ class Counters:
     failed: int = 0
     health_changes: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+    def add_traffic(self, bytes_in: int, bytes_out: int, spliced: int) -> None:
+        self.bytes_in += bytes_in
+        self.bytes_out += bytes_out
+        self.spliced += spliced
+
+    def as_dict(self, live: tuple[int, int, int] = (0, 0, 0)) -> dict[str, int]:
+        """The counters, with `live`: the traffic of the sessions still open (counted here when they end)."""
+        d = asdict(self)
+        d["bytes_in"] += live[0]
+        d["bytes_out"] += live[1]
+        d["spliced"] += live[2]
+        return d

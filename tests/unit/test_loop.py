@@ -3,7 +3,6 @@ when accept fails for want of descriptors."""
 
 from __future__ import annotations
 
-import _socket
 import ipaddress
 import os
 import resource
@@ -13,7 +12,6 @@ from types import SimpleNamespace
 from twisted.internet.task import Clock
 
 from hapair.config import AdminState, RealServer, VirtualService
-from proxy import listener as listener_module
 from proxy.listener import ACCEPT_PAUSE, Listener
 from proxy.loop import IN, Loop
 from proxy.pool import Pool
@@ -54,14 +52,17 @@ def test_events_of_an_fd_closed_in_the_same_batch_do_not_reach_its_successor():
             made.extend([new, new_peer])
             assert fd in (new.fileno(), new_peer.fileno())
             reused = new if new.fileno() == fd else new_peer
-            loop.add(reused.fileno(), IN, lambda events: calls.append("successor"))
+            (new_peer if reused is new else new).send(b"y")  # the successor is readable from now on
+            loop.add(reused.fileno(), IN, lambda events: calls.append("successor") or reused.recv(16))
 
         return handler
 
     loop.add(a.fileno(), IN, closes_the_other(a, b, "a"))
     loop.add(b.fileno(), IN, closes_the_other(b, a, "b"))
-    loop.doRead()
+    loop.wait(0)  # one poll: one batch
     assert calls in (["a"], ["b"])  # the closed one's leftover event went nowhere
+    loop.wait(0)
+    assert calls[1:] == ["successor"]  # the successor's own events come with the next batch
     for s in (a, b, a_peer, b_peer, *made):
         s.close()
     loop.close()
@@ -93,9 +94,10 @@ def test_a_listener_out_of_descriptors_rests_instead_of_spinning():
     runtime.loop.close()
 
 
-def test_accepted_clients_have_nagle_off_without_a_call_per_connection(monkeypatch):
+def test_accepted_clients_have_nagle_off_and_no_socket_object():
     # What a client sends is passed on as it came (TCP_NODELAY), like the server side. The listener sets
-    # it once: Linux copies a listening socket's TCP options to every socket it accepts.
+    # it once: Linux copies a listening socket's TCP options to every socket it accepts. The session
+    # works on the accepted fd itself: wrapping it in a socket object would cost a getsockname.
     reactor = FakeReactor()
     runtime = ProxyRuntime(reactor, open(os.devnull, "w"))
     backend = socket.create_server(("127.0.0.1", 0))
@@ -103,21 +105,15 @@ def test_accepted_clients_have_nagle_off_without_a_call_per_connection(monkeypat
     service = VirtualService("S", ipaddress.ip_address("127.0.0.1"), (80,), (server,))
     front = socket.create_server(("127.0.0.1", 0))
     listener = Listener(runtime, Pool(service, reactor), "127.0.0.1", 80, front)
-    calls = []
-
-    class Counting(_socket.socket):
-        def setsockopt(self, *args):
-            calls.append((self.fileno(), *args))
-            return super().setsockopt(*args)
-
-    monkeypatch.setattr(listener_module, "_socket", SimpleNamespace(socket=Counting))
     clients = [socket.create_connection(front.getsockname()) for _ in range(3)]
     listener._ready(IN)
     sessions = list(runtime.sessions)
     assert len(sessions) == 3
     for session in sessions:
-        assert session.client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
-        assert not [c for c in calls if c[0] == session.cfd], "an option set on each accepted socket"
+        assert session.client is None
+        assert not os.get_blocking(session.cfd)
+        with socket.socket(fileno=os.dup(session.cfd)) as look:
+            assert look.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     for session in sessions:
         session.abort("test over")
     listener.close()
