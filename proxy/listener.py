@@ -11,12 +11,9 @@ maxconn, or no real server may take them; the others become sessions (`proxy.rel
 
 from __future__ import annotations
 
-import fcntl
+import _socket
 import ipaddress
-import os
 import socket
-import struct
-import termios
 from typing import TYPE_CHECKING
 
 from proxy.loop import IN
@@ -33,10 +30,6 @@ ACCEPT_BATCH = 64
 #: Seconds a listener rests after accept failed for want of descriptors or memory (it would spin:
 #: the backlog stays readable).
 ACCEPT_PAUSE = 0.1
-#: ioctl(FIONBIO) with 1: non-blocking in one system call (fcntl would take two, F_GETFL and F_SETFL).
-#: A writable buffer, which fcntl.ioctl parses first: bytes would cost it two failed parses (and their
-#: error messages) per call.
-_FIONBIO, _ON = termios.FIONBIO, bytearray(struct.pack("i", 1))
 
 
 def listening_socket(ip: str, port: int, reuseport: bool = False) -> socket.socket:
@@ -74,9 +67,7 @@ class Listener:
         runtime.loop.add(self.fd, IN, self._ready)
 
     def _ready(self, events: int) -> None:
-        # The C accept, and no socket object for the client: the session works on its fd, and wrapping
-        # one costs a getsockname (CPython checks that the fd is a socket) and an object per client.
-        accept = self.sock._accept
+        accept, family = self.sock._accept, self.sock.family  # the C accept: no Python socket wrapper
         for _ in range(ACCEPT_BATCH):
             try:
                 fd, addr = accept()
@@ -88,9 +79,9 @@ class Listener:
                 self.runtime.loop.watch(self.fd, 0)
                 self._resume = self.runtime.reactor.callLater(ACCEPT_PAUSE, self._rearm)
                 return
-            self._accepted(fd, addr[0], addr[1])
+            self._accepted(_socket.socket(family, socket.SOCK_STREAM, 0, fd), addr[0], addr[1])
 
-    def _accepted(self, fd: int, host: str, port: int) -> None:
+    def _accepted(self, client: _socket.socket, host: str, port: int) -> None:
         pool = self.pool
         service = pool.service
         why = server = None
@@ -104,11 +95,11 @@ class Listener:
                 why = "no real server available"
         if why is not None:
             pool.counters.refused += 1
-            os.close(fd)
+            client.close()
             self.runtime.log.line(f"{host}:{port} > {self.vip}:{self.vport} refused by {service.label}: {why}")
             return
-        fcntl.ioctl(fd, _FIONBIO, _ON)  # accept4's SOCK_NONBLOCK would save even this; CPython does not ask for it
-        Session(self.runtime, pool, server, self.vip, self.vport, fd, host, port)
+        client.setblocking(False)
+        Session(self.runtime, pool, server, self.vip, self.vport, client, host, port)
 
     def _rearm(self) -> None:
         self._resume = None

@@ -122,17 +122,19 @@ class Loop:
         """Forgets `fd` without telling epoll: for a socket about to be closed, which leaves the set
         by itself (it is never duplicated)."""
         self._handlers.pop(fd, None)
-        self._reborn.pop(fd, None)
         self._masks.pop(fd, None)
         if self._dispatching:
             self._stale.add(fd)
+            if self._reborn:
+                self._reborn.pop(fd, None)
 
     def remove(self, fd: int) -> None:
         """Forgets `fd`; call before closing it."""
         if self._dispatching:
             self._stale.add(fd)
+            if self._reborn:
+                self._reborn.pop(fd, None)
         self._handlers.pop(fd, None)
-        self._reborn.pop(fd, None)
         if self._masks.pop(fd, 0):
             self._epoll.unregister(fd)
 

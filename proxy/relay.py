@@ -48,14 +48,20 @@ BULK_BYTES = 1 << 21
 COPY_CHUNK = 32768
 #: The one copy buffer: the process is single-threaded and a copying read is written out before the next.
 _BUF = bytearray(COPY_CHUNK)
-_BUFS, _VIEW = [_BUF], memoryview(_BUF)
+_VIEW = memoryview(_BUF)
 
-#: os.read and os.write, not a socket's recv_into and send: they parse their arguments the fast way, which
-#: saves about 10% of the instructions of a copied message (callgrind, tests/../bench/relay_overhead.py).
-#: Called with positional arguments: a `flags=` keyword costs an argument parser call per splice.
-_readv, _write, _splice = os.readv, os.write, os.splice
+#: Socket recv_into and send, not os.readv and os.write: those parse their arguments faster (about 380
+#: fewer instructions per call, callgrind) but readv and write cost the kernel more than recvfrom and
+#: sendto on a socket (the VFS path), and the system time they added outweighed the user time they saved
+#: (paired.py, keep-alive: user -1.0 us, system +1.6 us per request).
+#: os.splice is called with positional arguments: a `flags=` keyword costs an argument parser call.
+_splice = os.splice
 _SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _LINGER_RST = struct.pack("ii", 1, 0)
+_STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+_TCP, _NODELAY = socket.IPPROTO_TCP, socket.TCP_NODELAY
+#: What connect_ex returns for a connect that succeeded or is under way.
+_CONNECTING = (0, errno.EINPROGRESS)
 #: The events that let a socket be read, or written (errors and hangups let either end).
 _READABLE = IN | ERR | HUP
 _WRITABLE = OUT | ERR | HUP
@@ -85,14 +91,15 @@ class Direction:
     and the idle sweep tells activity from a changed count (`Session.idle_reason`). One addition per
     read instead of five and a clock stamp: a fifth of a small message's interpreter work."""
 
-    __slots__ = ("session", "reverse", "src_fd", "dst_fd", "pipe", "buf", "pending", "eof", "shut", "count",
-                 "spliced", "src_side", "dst_side", "upstream", "splicing", "full", "blocked")  # fmt: skip
+    __slots__ = ("session", "reverse", "src", "dst", "src_fd", "dst_fd", "pipe", "buf", "pending", "eof", "shut",
+                 "count", "spliced", "src_side", "dst_side", "upstream", "splicing", "full", "blocked")  # fmt: skip
 
-    def __init__(self, session: Session, src_fd: int, dst_fd: int, upstream: bool):
+    def __init__(self, session: Session, src: socket.socket, dst: socket.socket, upstream: bool):
         self.session: Session | None = session
         #: The direction that writes to `src` (set by the session once both exist).
         self.reverse: Direction | None = None
-        self.src_fd, self.dst_fd = src_fd, dst_fd
+        self.src, self.dst = src, dst
+        self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
         self.pipe: Pipe | None = None
         #: What a copying read could not write yet.
         self.buf = b""
@@ -116,8 +123,8 @@ class Direction:
             if self.copy() and not self.pending:
                 return  # all it read is written, as before: what each socket waits for is unchanged
         else:
-            if events & _READABLE and self.can_read():
-                had = self.pending
+            if events & _READABLE and not self.eof and (not self.pending or (self.pipe is not None and not self.full)):
+                had = self.pending  # the test above is can_read(), inlined: it runs for every bulk event
                 if self.splicing:
                     self.pump()
                 else:
@@ -145,9 +152,22 @@ class Direction:
                     # pipe now rather than start watching the source again (two epoll_ctl calls per step of
                     # the reader) to be told so on the next wait.
                     writing.pump()
-        session = self.session
-        if session is not None:
-            session.rewatch()
+        s = self.session
+        if s is None:
+            return
+        # What each socket waits for: reading where nothing waits to be written, writing where it does.
+        up, down = s.up, s.down
+        if up.shut and down.shut:
+            s.close()
+            return
+        cmask = (RD if up.can_read() else 0) | (OUT if down.pending else 0)
+        smask = (RD if down.can_read() else 0) | (OUT if up.pending else 0)
+        if cmask != s.cmask:
+            s.cmask = cmask
+            s.loop.watch(s.cfd, cmask)
+        if smask != s.smask:
+            s.smask = smask
+            s.loop.watch(s.sfd, smask)
 
     def can_read(self) -> bool:
         return not self.eof and (not self.pending or (self.pipe is not None and not self.full))
@@ -157,7 +177,7 @@ class Direction:
         no pipe (then nothing is pending, or it would not read); True when bytes moved. Call only when
         `can_read()`."""
         try:
-            n = _readv(self.src_fd, _BUFS)
+            n = self.src.recv_into(_BUF)
         except BlockingIOError:
             return False
         except OSError:
@@ -168,7 +188,7 @@ class Direction:
             return False
         self.count += n
         try:
-            sent = _write(self.dst_fd, _VIEW[:n])
+            sent = self.dst.send(_VIEW[:n])
         except BlockingIOError:
             sent = 0
         except OSError:
@@ -227,7 +247,7 @@ class Direction:
             if pipe is not None:
                 n = _splice(pipe.r, self.dst_fd, self.pending, None, None, _SPLICE)
             else:
-                n = _write(self.dst_fd, self.buf)
+                n = self.dst.send(self.buf)
                 self.buf = self.buf[n:]
         except BlockingIOError:
             self.blocked = True
@@ -259,9 +279,8 @@ class Direction:
         other = self.reverse
         if other is not None and other.shut:
             return  # the session ends now, and close() sends this FIN
-        s = self.session
         try:
-            (s.server if self.upstream else s.client_socket()).shutdown(socket.SHUT_WR)
+            self.dst.shutdown(socket.SHUT_WR)
         except OSError:
             pass  # the peer is gone; its own event ends the session
 
@@ -284,23 +303,22 @@ class Session:
                  "cfd", "sfd", "up", "down", "tried", "started", "connect_at", "last_client", "last_server", "seen_in",
                  "seen_out", "reason", "connecting", "finished", "cmask", "smask")  # fmt: skip
 
-    def __init__(self, runtime: ProxyRuntime, pool: Pool, server: ServerState, vip: str, vport: int, cfd: int,
-                 source: str, sport: int):  # fmt: skip
+    def __init__(self, runtime: ProxyRuntime, pool: Pool, server: ServerState, vip: str, vport: int,
+                 client: socket.socket, source: str, sport: int):  # fmt: skip
         self.runtime = runtime
         self.loop = runtime.loop
         self.pool = pool
         self.server_state = server
         self.vip, self.vport = vip, vport
         self.source, self.sport = source, sport
-        #: The client: an accepted, non-blocking fd, which the session owns. A socket object is made for
-        #: it only when a call needs one (`client_socket`): wrapping an fd costs a getsockname.
-        self.cfd = cfd
-        self.client: socket.socket | None = None
+        self.client = client
+        self.cfd = client.fileno()
         self.server: socket.socket | None = None
         self.sfd = -1
         self.up: Direction | None = None
         self.down: Direction | None = None
-        self.tried: set[str] = set()
+        #: The real servers tried, in order.
+        self.tried: tuple[str, ...] = ()
         self.started = self.connect_at = self.last_client = self.last_server = runtime.loop.now
         #: The byte counts each way when the idle sweep last looked, and when it last saw them change.
         self.seen_in = self.seen_out = 0
@@ -315,13 +333,6 @@ class Session:
         runtime.sessions.add(self)
         self.connect_server()
 
-    def client_socket(self) -> socket.socket:
-        if self.client is None:
-            # Family and type given: CPython would ask the kernel for each (getsockopt); the getsockname
-            # that checks the fd is a socket it makes anyway.
-            self.client = _socket.socket(-1, socket.SOCK_STREAM, 0, self.cfd)
-        return self.client
-
     def traffic(self) -> tuple[int, int, int]:
         """Bytes from the client, bytes to it, and of all those the bytes spliced, so far."""
         up, down = self.up, self.down
@@ -333,7 +344,7 @@ class Session:
 
     def connect_server(self) -> None:
         config = self.server_state.config
-        self.tried.add(config.label)
+        self.tried += (config.label,)
         found = self.server_state.addresses.get(self.vport)
         if found is None:
             found = self.server_state.addresses[self.vport] = (
@@ -342,15 +353,15 @@ class Session:
             )
         family, address = found
         try:
-            sock = _socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            sock = _socket.socket(family, _STREAM_NONBLOCK)
         except OSError as e:  # out of descriptors: as good as refused, try another server or give up
             self.connect_failed(f"cannot open a socket: {e.strerror}")
             return
         # What arrives is sent on at once, as it came: the peer's segments already carry the sender's
         # own batching, and Nagle's wait (or autocorking) would only add latency and per-send work.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(_TCP, _NODELAY, 1)
         err = sock.connect_ex(address)
-        if err not in (0, errno.EINPROGRESS):
+        if err not in _CONNECTING:
             sock.close()
             self.connect_failed(os.strerror(err))
             return
@@ -390,8 +401,8 @@ class Session:
             return
         self.connecting = False
         self.last_client = self.last_server = self.loop.now
-        up = self.up = Direction(self, self.cfd, self.sfd, True)
-        down = self.down = Direction(self, self.sfd, self.cfd, False)
+        up = self.up = Direction(self, self.client, self.server, True)
+        down = self.down = Direction(self, self.server, self.client, False)
         up.reverse, down.reverse = down, up
         loop = self.loop
         loop.add(self.sfd, RD, down.event)
@@ -402,22 +413,6 @@ class Session:
         up.event(IN)
 
     # --- events -------------------------------------------------------------------------------------
-
-    def rewatch(self) -> None:
-        """Ends the session once both directions are done, or waits for what can make progress: reading
-        where nothing waits to be written, writing where it does."""
-        up, down = self.up, self.down
-        if up.shut and down.shut:
-            self.close()
-            return
-        cmask = (RD if up.can_read() else 0) | (OUT if down.pending else 0)
-        smask = (RD if down.can_read() else 0) | (OUT if up.pending else 0)
-        if cmask != self.cmask:
-            self.cmask = cmask
-            self.loop.watch(self.cfd, cmask)
-        if smask != self.smask:
-            self.smask = smask
-            self.loop.watch(self.sfd, smask)
 
     def eof_seen(self, side: str) -> None:
         if self.reason is None:
@@ -450,33 +445,35 @@ class Session:
         self.finished = True
         runtime, loop = self.runtime, self.loop
         if reset:
-            self.client_socket()
-        for sock, fd in ((self.client, self.cfd), (self.server, self.sfd)):
-            if fd < 0:
-                continue
-            loop.forget(fd)  # close() takes it out of the epoll set: no fd is ever shared
-            if sock is None:
-                os.close(fd)
-                continue
-            if reset:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-                except OSError:
-                    pass
-            sock.close()
-        for d in (self.up, self.down):
-            if d is not None:
-                d.discard()
-                d.session = d.reverse = None  # break the cycles now rather than in the collector
+            for sock in (self.client, self.server):
+                if sock is not None:
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+                    except OSError:
+                        pass
+        # close() takes each socket out of the epoll set: no fd is ever shared.
+        loop.forget(self.cfd)
+        self.client.close()
+        if self.server is not None:
+            loop.forget(self.sfd)
+            self.server.close()
         server, pool = self.server_state, self.pool
-        bytes_in, bytes_out, spliced = traffic = self.traffic()
         server.counters.current -= 1
-        server.counters.add_traffic(*traffic)
         pool.counters.current -= 1
-        pool.counters.add_traffic(*traffic)
+        up, down = self.up, self.down
+        if up is None or down is None:
+            bytes_in = bytes_out = 0
+            if self.reason in ("client closed", "client reset"):
+                self.reason = f"{self.reason} before a real server answered"
+        else:
+            bytes_in, bytes_out, spliced = up.count, down.count, up.spliced + down.spliced
+            server.counters.add_traffic(bytes_in, bytes_out, spliced)
+            pool.counters.add_traffic(bytes_in, bytes_out, spliced)
+            for d in (up, down):
+                if d.pipe is not None:
+                    d.discard()
+                d.session = d.reverse = None  # break the cycles now rather than in the collector
         runtime.sessions.discard(self)
-        if self.up is None and self.reason in ("client closed", "client reset"):
-            self.reason = f"{self.reason} before a real server answered"
         runtime.log.line(
             f"{self.source}:{self.sport} > {self.vip}:{self.vport} > {pool.service.label}/{server.label} "
             f"in={bytes_in} out={bytes_out} {loop.now - self.started:.3f}s {self.reason}"

@@ -3,6 +3,7 @@ when accept fails for want of descriptors."""
 
 from __future__ import annotations
 
+import _socket
 import ipaddress
 import os
 import resource
@@ -12,6 +13,7 @@ from types import SimpleNamespace
 from twisted.internet.task import Clock
 
 from hapair.config import AdminState, RealServer, VirtualService
+from proxy import listener as listener_module
 from proxy.listener import ACCEPT_PAUSE, Listener
 from proxy.loop import IN, Loop
 from proxy.pool import Pool
@@ -94,10 +96,9 @@ def test_a_listener_out_of_descriptors_rests_instead_of_spinning():
     runtime.loop.close()
 
 
-def test_accepted_clients_have_nagle_off_and_no_socket_object():
+def test_accepted_clients_have_nagle_off_without_a_call_per_connection(monkeypatch):
     # What a client sends is passed on as it came (TCP_NODELAY), like the server side. The listener sets
-    # it once: Linux copies a listening socket's TCP options to every socket it accepts. The session
-    # works on the accepted fd itself: wrapping it in a socket object would cost a getsockname.
+    # it once: Linux copies a listening socket's TCP options to every socket it accepts.
     reactor = FakeReactor()
     runtime = ProxyRuntime(reactor, open(os.devnull, "w"))
     backend = socket.create_server(("127.0.0.1", 0))
@@ -105,15 +106,21 @@ def test_accepted_clients_have_nagle_off_and_no_socket_object():
     service = VirtualService("S", ipaddress.ip_address("127.0.0.1"), (80,), (server,))
     front = socket.create_server(("127.0.0.1", 0))
     listener = Listener(runtime, Pool(service, reactor), "127.0.0.1", 80, front)
+    calls = []
+
+    class Counting(_socket.socket):
+        def setsockopt(self, *args):
+            calls.append((self.fileno(), *args))
+            return super().setsockopt(*args)
+
+    monkeypatch.setattr(listener_module, "_socket", SimpleNamespace(socket=Counting))
     clients = [socket.create_connection(front.getsockname()) for _ in range(3)]
     listener._ready(IN)
     sessions = list(runtime.sessions)
     assert len(sessions) == 3
     for session in sessions:
-        assert session.client is None
-        assert not os.get_blocking(session.cfd)
-        with socket.socket(fileno=os.dup(session.cfd)) as look:
-            assert look.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert session.client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert not [c for c in calls if c[0] == session.cfd], "an option set on each accepted socket"
     for session in sessions:
         session.abort("test over")
     listener.close()

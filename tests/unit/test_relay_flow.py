@@ -36,8 +36,8 @@ class Proxied:
         accepted, (host, sport) = front.accept()
         accepted.setblocking(False)
         accepted.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        self.session = Session(self.runtime, self.pool, self.pool.choose(host), "127.0.0.1", port,
-                               accepted.detach(), host, sport)  # fmt: skip
+        self.session = Session(self.runtime, self.pool, self.pool.choose(host), "127.0.0.1", port, accepted,
+                               host, sport)  # fmt: skip
         self.server, _ = backend.accept()
         self.server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Fixed buffers on the server's side too: autotuning may grow a receive buffer to tcp_rmem's
