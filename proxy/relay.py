@@ -461,12 +461,11 @@ class Session:
         server.counters.current -= 1
         pool.counters.current -= 1
         up, down = self.up, self.down
+        bytes_in, bytes_out, spliced = self.traffic()
         if up is None or down is None:
-            bytes_in = bytes_out = 0
             if self.reason in ("client closed", "client reset"):
                 self.reason = f"{self.reason} before a real server answered"
         else:
-            bytes_in, bytes_out, spliced = up.count, down.count, up.spliced + down.spliced
             server.counters.add_traffic(bytes_in, bytes_out, spliced)
             pool.counters.add_traffic(bytes_in, bytes_out, spliced)
             for d in (up, down):
