@@ -129,13 +129,10 @@ class Loop:
                 self._reborn.pop(fd, None)
 
     def remove(self, fd: int) -> None:
-        """Forgets `fd`; call before closing it."""
-        if self._dispatching:
-            self._stale.add(fd)
-            if self._reborn:
-                self._reborn.pop(fd, None)
-        self._handlers.pop(fd, None)
-        if self._masks.pop(fd, 0):
+        """Forgets `fd` and takes it out of the epoll set; call before closing it."""
+        watched = self._masks.get(fd, 0)
+        self.forget(fd)
+        if watched:
             self._epoll.unregister(fd)
 
     def wait(self, timeout: float) -> None:
