@@ -63,11 +63,12 @@ class Listener:
         # gives every accepted socket its listener's TCP options, which saves a system call per client.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.fd = sock.fileno()
+        self.family = int(sock.family)  # the socket property makes an enum member per read
         self._resume = None
         runtime.loop.add(self.fd, IN, self._ready)
 
     def _ready(self, events: int) -> None:
-        accept, family = self.sock._accept, self.sock.family  # the C accept: no Python socket wrapper
+        accept, family = self.sock._accept, self.family  # the C accept: no Python socket wrapper
         for _ in range(ACCEPT_BATCH):
             try:
                 fd, addr = accept()

@@ -102,8 +102,12 @@ class Loop:
             self._reborn[fd] = handler
         else:
             self._handlers[fd] = handler
-        self._masks.setdefault(fd, 0)
-        self.watch(fd, mask)
+        if fd in self._masks:
+            self.watch(fd, mask)
+        else:
+            self._masks[fd] = mask
+            if mask:
+                self._epoll.register(fd, mask)
 
     def watch(self, fd: int, mask: int) -> None:
         """Waits for `mask` on `fd` (0: for nothing, and out of the epoll set)."""

@@ -35,6 +35,21 @@ class PersistenceTable:
             return None
         return entry[0]
 
+    def renew(self, source: str) -> str | None:
+        """The server `source` is stuck to, renewed for another full timeout as `record` would: the
+        lookup and the renewal of a returning client in one step (one dictionary read, one clock read)."""
+        entries = self._entries
+        entry = entries.get(source)
+        if entry is None:
+            return None
+        now = self._clock.seconds()
+        if entry[1] <= now:
+            del entries[source]
+            return None
+        entries[source] = (entry[0], now + self.timeout)
+        entries.move_to_end(source)
+        return entry[0]
+
     def record(self, source: str, server: str) -> None:
         """Sticks `source` to `server` for another full timeout, evicting the least recently used."""
         entries = self._entries

@@ -73,11 +73,10 @@ class Pool:
         persistent entry pointing at one of them."""
         table = self.persistence
         if table is not None:
-            label = table.lookup(source)
+            label = table.renew(source)
             if label is not None:
                 server = self.servers.get(label)
                 if server is not None and server.keeps_persistent and label not in exclude:
-                    table.record(source, label)
                     return server
                 table.forget(source)
         eligible = [s for s in self.servers.values() if s.takes_new and s.label not in exclude]

@@ -31,6 +31,22 @@ def test_recording_again_renews_the_lifetime():
     assert t.lookup("a") is None
 
 
+def test_renew_returns_the_server_and_renews_like_record():
+    t, clock = table(timeout=60, size=2)
+    t.record("a", "CAS1")
+    t.record("b", "CAS2")
+    clock.advance(50)
+    assert t.renew("a") == "CAS1"  # now the most recent: "b" goes first when the table overflows
+    t.record("c", "CAS2")
+    assert t.lookup("b") is None
+    clock.advance(59)
+    assert t.lookup("a") == "CAS1"
+    clock.advance(1)
+    assert t.renew("a") is None
+    assert t.renew("never") is None
+    assert len(t) == 1  # only "c" is left: an expired entry goes when renew finds it
+
+
 def test_lookup_alone_does_not_renew():
     t, clock = table(timeout=60)
     t.record("a", "CAS1")
