@@ -131,18 +131,25 @@ class Direction:
         else:
             if events & _READABLE and not self.eof and (not self.pending or (self.pipe is not None and not self.full)):
                 had = self.pending  # the test above is can_read(), inlined: it runs for every bulk event
+                moved = False
                 if self.splicing:
                     self.pump()
                 else:
-                    self.copy()
+                    moved = self.copy()
                 if self.session is None:
                     return  # the session ended
                 if events == IN and not had and not self.pending and not self.eof:
                     return
                 if events & RDHUP and not self.eof and (not self.pending or (self.pipe is not None and not self.full)):
-                    # The FIN came with the data: take it now rather than after another wait.
+                    # The FIN came with the data: take it now rather than after another wait. After a copy
+                    # that read less than it could, without another read: the FIN was in before the poll,
+                    # so all that came before it was too, and a short read took it all (HAProxy reasons
+                    # the same way). The one exception is TCP urgent data, which stops a read at its mark
+                    # and is not used by the protocols behind this proxy.
                     if self.splicing:
                         self.splice()
+                    elif moved:
+                        self._ended()
                     else:
                         self.copy()
                     if self.session is None:

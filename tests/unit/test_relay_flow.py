@@ -191,3 +191,56 @@ def test_a_slow_client_refills_the_pipe_without_rewatching_the_server(proxied, m
     monkeypatch.setattr(loop, "watch", counting)
     _slow_client(proxied, 300)
     assert len(watched) <= 3, f"the server was watched again {len(watched)} times in 300 steps"
+
+
+class _CountingRecv:
+    """A socket whose reads are counted; everything else goes to the socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.reads = sock, []
+
+    def recv_into(self, buf) -> int:
+        n = self.sock.recv_into(buf)
+        self.reads.append(n)
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def _poll_until(proxied, done, limit: int = 1000) -> None:
+    for _ in range(limit):
+        if done():
+            return
+        proxied.poll()
+    raise AssertionError("the proxy did not get there")
+
+
+@pytest.mark.parametrize("fin", [True, False], ids=["FIN with the data", "data alone"])
+def test_a_fin_that_came_with_the_data_ends_the_direction_without_another_read(proxied, fin):
+    # The server answers and closes at once (a short HTTP/1.0 or Connection: close exchange): its FIN is in
+    # before the poll, so the read that takes the answer takes everything, and the FIN is passed on from
+    # that one read. Data alone must not be taken for an end.
+    down = proxied.session.down
+    counted = down.src = _CountingRecv(down.src)
+    proxied.server.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    if fin:
+        proxied.server.shutdown(socket.SHUT_WR)
+    proxied.client.settimeout(5)
+    got = b""
+    while len(got) < 40:
+        _poll_until(proxied, lambda: bool(counted.reads))
+        got += proxied.client.recv(100)
+    assert got.endswith(b"\r\n\r\nok")
+    assert down.eof is fin and proxied.session.reason == ("server closed" if fin else None)
+    if fin:
+        assert proxied.client.recv(100) == b""  # the FIN, passed on
+    assert counted.reads == [40]
+    # The client closes its side too: the session ends with both FINs passed on, and nothing was lost.
+    proxied.client.shutdown(socket.SHUT_WR)
+    if fin:
+        _poll_until(proxied, lambda: proxied.session.finished)
+        assert proxied.server.recv(100) == b""
+    else:
+        _poll_until(proxied, lambda: proxied.session.up.eof)
+        assert not proxied.session.finished
