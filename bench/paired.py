@@ -8,7 +8,8 @@ workloads, as shipped for the others), and the load takes turns through them in 
 rotating every round (and reversed every other cycle), so that slow spells hit all of them alike and
 none always runs right after the same other one. What is reported is CPU per unit over
 all rounds (split into user and system time: the system calls are the same for all of them, the Python is
-what differs), the median rate, and each as a ratio to the first version and to HAProxy.
+what differs), the median rate, for wrk's workloads the median p99 latency, and each as a ratio to the
+first version and to HAProxy.
 
 Its resolution is a few per cent, not better: three copies of one version (`paired.py HEAD HEAD HEAD`,
 8 rounds of 3 s) differed by up to 3% in CPU per new connection and 7% per keep-alive request, each
@@ -71,18 +72,19 @@ def start_version(procs: b.Processes, tree: Path, workdir: Path, index: int) -> 
     return b.Proxy(f"hapair-{index}", proc, ports)
 
 
-def run_once(proxy: b.Proxy, workload: str, duration: int) -> tuple[float, float, float, float]:
-    """(units moved, rate, user seconds, system seconds) of one slice of `workload` through `proxy`."""
+def run_once(proxy: b.Proxy, workload: str, duration: int) -> tuple[float, float, float, float, float]:
+    """(units moved, rate, user seconds, system seconds, p99 latency in ms or 0 for bulk) of one slice of
+    `workload` through `proxy`."""
     u0, s0 = b.user_system_seconds(proxy.pid)
     port = proxy.ports[workload]
     if workload.startswith("bulk"):
         out = b.iperf(port, 1 if workload == "bulk1" else 8, duration)
-        units, rate = out["gbit"], out["gbps"]
+        units, rate, p99 = out["gbit"], out["gbps"], 0.0
     else:
         out = b.wrk(port, duration, workload == "newconn")
-        units, rate = out["requests"], out["rate"]
+        units, rate, p99 = out["requests"], out["rate"], out["p99"]
     u1, s1 = b.user_system_seconds(proxy.pid)
-    return units, rate, u1 - u0, s1 - s0
+    return units, rate, u1 - u0, s1 - s0, p99
 
 
 def report(workload: str, names: list[str], samples: dict[str, list[tuple]]) -> list[str]:
@@ -93,15 +95,19 @@ def report(workload: str, names: list[str], samples: dict[str, list[tuple]]) -> 
         units = sum(s[0] for s in samples[name])
         user, system = sum(s[2] for s in samples[name]), sum(s[3] for s in samples[name])
         figures[name] = ((user + system) * scale / units, user * scale / units, system * scale / units,
-                         statistics.median(s[1] for s in samples[name]))  # fmt: skip
+                         statistics.median(s[1] for s in samples[name]),
+                         statistics.median(s[4] for s in samples[name]))  # fmt: skip
     first, ref = figures[names[0]], figures[reference]
-    lines = [f"{workload}: CPU {per} per {unit} (user + system), median rate per second; ratios to "
-             f"{names[0]} and to {reference}"]  # fmt: skip
+    lines = [f"{workload}: CPU {per} per {unit} (user + system), median rate per second"
+             + ("" if unit == "Gbit" else ", median p99 latency in ms") + f"; ratios to {names[0]} and to {reference}"]
     for name in names:
-        cpu, user, system, rate = figures[name]
-        lines.append(f"  {name:24s} {cpu:8.2f} ({user:.2f} + {system:.2f})  x{cpu / first[0]:.3f}  "
-                     f"x{cpu / ref[0]:.3f} of {reference}   rate {rate:10.2f}  x{rate / first[3]:.3f}  "
-                     f"x{rate / ref[3]:.3f}")  # fmt: skip
+        cpu, user, system, rate, p99 = figures[name]
+        line = (f"  {name:24s} {cpu:8.2f} ({user:.2f} + {system:.2f})  x{cpu / first[0]:.3f}  "
+                f"x{cpu / ref[0]:.3f} of {reference}   rate {rate:10.2f}  x{rate / first[3]:.3f}  "
+                f"x{rate / ref[3]:.3f}")  # fmt: skip
+        if unit != "Gbit":
+            line += f"   p99 {p99:7.3f}  x{p99 / first[4]:.3f}  x{p99 / ref[4]:.3f}"
+        lines.append(line)
     return lines
 
 

@@ -6,7 +6,7 @@ import time
 
 from twisted.internet.task import Clock
 
-from proxy.accesslog import DELAY, AccessLog
+from proxy.accesslog import DELAY, LINES, AccessLog
 
 PREFIX = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[hapair\.proxy#info\] "
 
@@ -80,3 +80,16 @@ def test_a_log_that_cannot_be_written_does_not_raise():
     clock.advance(DELAY)
     log.line("the next batch is tried again")
     log.flush()
+
+
+def test_a_full_batch_is_written_at_once():
+    clock, out = Clock(), io.StringIO()
+    log = AccessLog(clock, out)
+    for i in range(LINES - 1):
+        log.session("198.18.0.7", i, "198.18.1.1", 443, "VS", "RS", 1, 2, 0.1, "server closed")
+    assert out.getvalue() == ""
+    log.line("the last one of the batch")
+    assert out.getvalue().count("\n") == LINES and not clock.getDelayedCalls()
+    log.line("the first of the next")
+    clock.advance(DELAY)
+    assert out.getvalue().count("\n") == LINES + 1
