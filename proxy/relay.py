@@ -171,7 +171,7 @@ class Direction:
         # What each socket waits for: reading where nothing waits to be written, writing where it does.
         up, down = s.up, s.down
         if up.shut and down.shut:
-            s.close()
+            s._finish(False)  # both FINs passed on (the first one is the reason)
             return
         # (each direction's can_read(), inlined: this runs for every event that misses the fast path)
         cmask = (RD if not up.eof and (not up.pending or (up.pipe is not None and not up.full)) else 0) | (
