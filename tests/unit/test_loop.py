@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from hapair.config import AdminState, RealServer, VirtualService
 from proxy import listener as listener_module
 from proxy.listener import ACCEPT_PAUSE, Listener
-from proxy.loop import IN, Loop
+from proxy.loop import IN, ROUNDS, Loop
 from proxy.pool import Pool
 from proxy.service import ProxyRuntime
 
@@ -61,12 +61,44 @@ def test_events_of_an_fd_closed_in_the_same_batch_do_not_reach_its_successor():
 
     loop.add(a.fileno(), IN, closes_the_other(a, b, "a"))
     loop.add(b.fileno(), IN, closes_the_other(b, a, "b"))
-    loop.wait(0)  # one poll: one batch
+    loop._dispatch(loop._epoll.poll(0, 8))  # one poll: one batch
     assert calls in (["a"], ["b"])  # the closed one's leftover event went nowhere
-    loop.wait(0)
+    loop._dispatch(loop._epoll.poll(0, 8))
     assert calls[1:] == ["successor"]  # the successor's own events come with the next batch
     for s in (a, b, a_peer, b_peer, *made):
         s.close()
+    loop.close()
+
+
+def test_wait_takes_batches_while_events_keep_coming_up_to_rounds():
+    # Each handler makes the next socket readable: a chain of events that the next poll finds. wait()
+    # takes ROUNDS batches of it and then leaves the rest to the reactor's next turn; with nothing
+    # ready it returns after its one poll.
+    loop = Loop(FakeReactor())
+    pairs = [socket.socketpair() for _ in range(ROUNDS + 2)]
+    seen: list[int] = []
+
+    def handler(i: int):
+        def handle(events: int) -> None:
+            pairs[i][0].recv(16)
+            seen.append(i)
+            if i + 1 < len(pairs):
+                pairs[i + 1][1].send(b"x")
+
+        return handle
+
+    for i, (mine, _) in enumerate(pairs):
+        loop.add(mine.fileno(), IN, handler(i))
+    loop.wait(0)
+    assert seen == []
+    pairs[0][1].send(b"x")
+    loop.wait(0)
+    assert seen == list(range(ROUNDS))
+    loop.wait(0)
+    assert seen == list(range(min(2 * ROUNDS, len(pairs))))
+    for pair in pairs:
+        for s in pair:
+            s.close()
     loop.close()
 
 
