@@ -183,6 +183,17 @@ def run(config_path: str) -> int:
         print(f"hapair: not starting, {config_path} has errors:\n{e}", file=sys.stderr)
         return 2
     logs.begin(sys.stdout)
+
+    def reload() -> None:
+        d = defer.maybeDeferred(daemon.reload)
+        d.addErrback(lambda f: log.error("reload on SIGHUP failed: {why}", why=f.getErrorMessage()))
+
+    def on_hup(signum: int, frame: object) -> None:
+        reactor.callFromThread(reload)  # runs once the reactor does, after the start
+
+    # Before the listeners are bound: from then on the ports accept, a reload may follow at once
+    # (`systemctl reload`, a script that waits for the port), and SIGHUP's default action kills.
+    signal.signal(signal.SIGHUP, on_hup)
     try:
         daemon = Daemon(config_path, config, reactor)
         daemon.top.privilegedStartService()
@@ -203,14 +214,6 @@ def run(config_path: str) -> int:
     reactor.callWhenRunning(started)
     reactor.addSystemEventTrigger("before", "shutdown", stopping)
 
-    def on_hup(signum: int, frame: object) -> None:
-        def reload() -> None:
-            d = defer.maybeDeferred(daemon.reload)
-            d.addErrback(lambda f: log.error("reload on SIGHUP failed: {why}", why=f.getErrorMessage()))
-
-        reactor.callFromThread(reload)
-
-    signal.signal(signal.SIGHUP, on_hup)
     log.info("hapair node {name} running (pid {pid})", name=config.node.name, pid=os.getpid())
     reactor.run()
     return 0
