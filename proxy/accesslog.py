@@ -34,7 +34,7 @@ class AccessLog:
         self._formats: list[str] = []
         self._fields: list[Any] = []
         #: The prefix's second ends at `_until`; `_text` and `_session` are the formats of a free line and
-        #: a session's line with that prefix (the prefix holds no %).
+        #: a session's line with that prefix (any % in it doubled, so that it formats as itself).
         self._until = float("-inf")
         self._text = self._session = ""
         self._call = None
