@@ -5,8 +5,8 @@ which costs several microseconds per event; a proxied request is two to four eve
 therefore live in one epoll set of their own, and handlers are called straight from its poll. Two ways to
 join it to the reactor:
 - in a worker process (`LoopReactor`), the reactor waits on the proxy's set, of which the reactor's own
-  epoll set is one member: one wait per wake-up, and Twisted's machinery runs only when one of its own
-  descriptors (the supervisor's channel) is ready or a timer is due;
+  epoll set is one member: Twisted's machinery runs only when one of its own descriptors (the
+  supervisor's channel) is ready, or a timer is due or added (`Loop.wait`);
 - anywhere else (the proxy inside the supervisor, tests), the proxy's set is one more reader of the
   reactor, polled without blocking when it is ready.
 Timers, health checks and the control channel stay on the reactor either way.
@@ -26,8 +26,8 @@ from twisted.logger import Logger
 log = Logger(namespace="hapair.proxy")
 
 IN, OUT, ERR, HUP, RDHUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR, select.EPOLLHUP, select.EPOLLRDHUP
-#: Events handled per poll, and polls per wake-up of the reactor while events keep coming: under load
-#: the reactor's own cost per wake-up is shared by more events; timers still run between wake-ups.
+#: Events handled per poll; and, where the proxy's set is a reader of the reactor (`Loop.doRead`), polls
+#: per call while events keep coming, so that the reactor's own cost per wake-up is shared by more events.
 BATCH = 512
 ROUNDS = 4
 
@@ -140,19 +140,25 @@ class Loop:
             self._epoll.unregister(fd)
 
     def wait(self, timeout: float) -> None:
-        """Waits up to `timeout` seconds (-1: until something happens) and handles what is ready; then, while
-        events keep coming, up to ROUNDS - 1 more batches without waiting, before the reactor's own turn
-        (timers, its loop: a few microseconds of Python per turn, which under load was paid for every
-        two or three connections)."""
-        poll = self._epoll.poll
+        """Waits up to `timeout` seconds (-1: until something happens) and handles what is ready; then goes
+        on waiting, for what is left of `timeout`, for as long as the reactor has nothing to do: its own
+        turn (timers, its main loop: a few microseconds of Python per turn, paid for every wake-up of a
+        busy proxy) is taken only when one of its descriptors was ready, a timer was added, or the time
+        it gave is up."""
+        poll, reactor, seconds = self._epoll.poll, self.reactor, self._seconds
+        deadline = seconds() + timeout if timeout >= 0 else None
         ready = poll(timeout, BATCH)
-        rounds = ROUNDS
         while ready:
             self._dispatch(ready)
-            rounds -= 1
-            if not rounds:
+            if reactor.has_work():
                 return
-            ready = poll(0, BATCH)
+            if deadline is None:
+                ready = poll(-1, BATCH)
+            else:
+                left = deadline - seconds()
+                if left <= 0:
+                    return
+                ready = poll(left, BATCH)
 
     def close(self) -> None:
         if isinstance(self.reactor, LoopReactor) and self.reactor.loop is self:
@@ -168,15 +174,26 @@ class LoopReactor(EPollReactor):
     set is one member. Until then, and after, it is the plain epoll reactor."""
 
     loop: Loop | None = None
+    #: One of the reactor's own descriptors was ready since its last turn.
+    _own_ready = False
 
     def doPoll(self, timeout: float | None) -> None:
         if self.loop is None:
             super().doPoll(timeout)
         else:
+            self._own_ready = False
             self.loop.wait(-1 if timeout is None else timeout)
 
     doIteration = doPoll
 
     def poll_own(self, events: int) -> None:
-        """The reactor's own descriptors are ready (the supervisor's channel, the waker): Twisted handles them."""
+        """The reactor's own descriptors are ready (the supervisor's channel, the waker, a signal): Twisted
+        handles them."""
+        self._own_ready = True
         super().doPoll(0)
+
+    def has_work(self) -> bool:
+        """Whether the reactor needs its turn now: its own descriptors were ready (what they ran may have
+        stopped it), or a timer or a call from another thread was added (the wait in progress may be too
+        long for it)."""
+        return bool(self._own_ready or self._newTimedCalls or self.threadCallQueue or self._justStopped)

@@ -8,6 +8,7 @@ import ipaddress
 import os
 import resource
 import socket
+import time
 from types import SimpleNamespace
 
 from twisted.internet.task import Clock
@@ -15,7 +16,7 @@ from twisted.internet.task import Clock
 from hapair.config import AdminState, RealServer, VirtualService
 from proxy import listener as listener_module
 from proxy.listener import ACCEPT_PAUSE, Listener
-from proxy.loop import IN, ROUNDS, Loop
+from proxy.loop import IN, Loop, LoopReactor
 from proxy.pool import Pool
 from proxy.service import ProxyRuntime
 
@@ -70,12 +71,10 @@ def test_events_of_an_fd_closed_in_the_same_batch_do_not_reach_its_successor():
     loop.close()
 
 
-def test_wait_takes_batches_while_events_keep_coming_up_to_rounds():
-    # Each handler makes the next socket readable: a chain of events that the next poll finds. wait()
-    # takes ROUNDS batches of it and then leaves the rest to the reactor's next turn; with nothing
-    # ready it returns after its one poll.
-    loop = Loop(FakeReactor())
-    pairs = [socket.socketpair() for _ in range(ROUNDS + 2)]
+def _chain(loop: Loop, length: int, then=None):
+    """Socket pairs whose handlers each make the next one readable: a chain of events that each next poll
+    finds. `then(i)` runs in handler i after it passed the chain on."""
+    pairs = [socket.socketpair() for _ in range(length)]
     seen: list[int] = []
 
     def handler(i: int):
@@ -84,22 +83,72 @@ def test_wait_takes_batches_while_events_keep_coming_up_to_rounds():
             seen.append(i)
             if i + 1 < len(pairs):
                 pairs[i + 1][1].send(b"x")
+            if then is not None:
+                then(i)
 
         return handle
 
     for i, (mine, _) in enumerate(pairs):
         loop.add(mine.fileno(), IN, handler(i))
-    loop.wait(0)
-    assert seen == []
-    pairs[0][1].send(b"x")
-    loop.wait(0)
-    assert seen == list(range(ROUNDS))
-    loop.wait(0)
-    assert seen == list(range(min(2 * ROUNDS, len(pairs))))
+    return pairs, seen
+
+
+def _worker_loop() -> tuple[LoopReactor, Loop]:
+    reactor = LoopReactor()
+    return reactor, Loop(reactor)
+
+
+def _close(reactor: LoopReactor, loop: Loop, pairs) -> None:
     for pair in pairs:
         for s in pair:
             s.close()
     loop.close()
+    reactor._poller.close()
+    reactor.waker.connectionLost(None)
+
+
+def test_a_workers_wait_goes_on_until_the_reactor_gets_a_timer():
+    # A chain of events longer than any fixed number of polls: wait() takes all of it in one call, and
+    # returns as soon as a handler adds a timer (its delay may end before the time wait was given).
+    reactor, loop = _worker_loop()
+    timers = []
+    pairs, seen = _chain(loop, 12, lambda i: i == 9 and timers.append(reactor.callLater(60, lambda: None)))
+    pairs[0][1].send(b"x")
+    started = time.monotonic()
+    loop.wait(30)
+    assert seen == list(range(10))
+    assert time.monotonic() - started < 10  # returned on the timer, not at the end of the 30 s
+    assert reactor._newTimedCalls and not reactor._own_ready  # the new timer is what it returned for
+    loop.wait(0)
+    assert seen == list(range(10)) + [10]  # the rest of the chain on the next turn
+    timers[0].cancel()
+    _close(reactor, loop, pairs)
+
+
+def test_a_workers_wait_returns_once_the_reactors_own_descriptors_were_handled():
+    reactor, loop = _worker_loop()
+    pairs, seen = _chain(loop, 8, lambda i: i == 3 and reactor.wakeUp())
+    pairs[0][1].send(b"x")
+    started = time.monotonic()
+    loop.wait(30)
+    # the batch after handler 3 held the reactor's own set (the waker) and socket 4: both handled, then back
+    assert seen == list(range(5))
+    assert time.monotonic() - started < 10
+    assert reactor.has_work()
+    _close(reactor, loop, pairs)
+
+
+def test_a_workers_wait_returns_when_its_time_is_up_even_while_events_keep_coming():
+    reactor, loop = _worker_loop()
+    a, b = socket.socketpair()
+    b.send(b"x")  # never read: a stays readable, an event on every poll
+    calls = []
+    loop.add(a.fileno(), IN, calls.append)
+    loop.wait(0)
+    assert len(calls) == 1  # no time given: one poll
+    loop.wait(0.05)
+    assert len(calls) > 2  # it went on polling within its time, and then returned
+    _close(reactor, loop, [(a, b)])
 
 
 def test_a_listener_out_of_descriptors_rests_instead_of_spinning():

@@ -38,7 +38,7 @@ class Running:
 
     def poll(self, times: int = 5) -> None:
         for _ in range(times):
-            self.proxy.runtime.loop.wait(0)
+            self.proxy.runtime.loop.doRead()  # the reactor-reader mode: a Clock is no LoopReactor
 
     def connect(self) -> tuple[socket.socket, socket.socket]:
         """A client connected through the proxy, and the real server's end of its session."""
