@@ -31,6 +31,15 @@ How:
     freed by the other workloads cannot hide the cost of new connections.
   * The notes give, per workload, the share of all CPUs' time that the VM's host took away (steal in
     /proc/stat) while the load ran: the rounds of a run with a lot of it are not to be trusted.
+  * Bulk CPU per Gbit has two regimes, on this machine and for both proxies, and a round falls into one
+    or the other: on loopback, the kernel's TCP work for a segment runs in the process whose send or
+    read set it off, so how much of the senders' and receivers' work lands on the proxy's CPU depends
+    on timing. "prompt": the proxy reads each segment as it comes (the kernel's header-predicted fast
+    path), gets more throughput and pays about twice the CPU per Gbit; "batched": segments pile up
+    behind a busy read (coalesced in the socket's backlog) and each read takes more. One haproxy-splice
+    run measured 7 ms per Gbit batched and 16 prompt. The notes list each bulk round's CPU per Gbit with
+    its share of prompt segments (TcpExt TCPHPHits against TCPBacklogCoalesce, /proc/net/netstat,
+    counted over the whole machine): compare rounds of the same regime.
   * Both keep source-IP persistence (haproxy: a stick table on src, 60 min, as hapair's services).
     hapair logs one line per session (its design); haproxy is configured without logging.
 
@@ -492,9 +501,23 @@ def iperf(port: int, streams: int, duration: int) -> dict:
     return {"gbps": received["bits_per_second"] / 1e9, "gbit": received["bytes"] * 8 / 1e9}
 
 
+def tcp_ext() -> dict[str, int]:
+    """The kernel's TcpExt counters (/proc/net/netstat: a line of names, then a line of values)."""
+    with open("/proc/net/netstat") as f:
+        lines = f.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            return dict(zip(names.split()[1:], map(int, values.split()[1:])))
+    return {}
+
+
 def bulk(proxy: Proxy, workload: str, streams: int, duration: int) -> dict[str, float]:
+    before = tcp_ext()
     m = measure(proxy, lambda: iperf(proxy.ports[workload], streams, duration))
+    after = tcp_ext()
+    prompt, batched = (after.get(k, 0) - before.get(k, 0) for k in ("TCPHPHits", "TCPBacklogCoalesce"))
     return {
+        "prompt segments %": 100 * prompt / (prompt + batched) if prompt + batched else float("nan"),
         "throughput Gbit/s": m.value["gbps"],
         "proxy CPU ms per Gbit": m.cpu * 1000 / m.value["gbit"] if m.value["gbit"] else float("nan"),
         "proxy CPU busy %": 100 * m.cpu / m.wall,
@@ -725,6 +748,14 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
                 notes.append(f"{haproxy.name} EXITED with status {haproxy.proc.popen.returncode}")
             warnings = [l for l in haproxy.proc.output().splitlines() if "WARNING" in l or "ALERT" in l]
             notes += [f"{haproxy.name} log: {l[:200]}" for l in warnings[:5]]
+        for workload in ("bulk 1 stream", "bulk 8 streams"):
+            rounds = [f"{p.name} " + ", ".join(
+                f"{cpu:.1f} [{prompt:.0f}%]" for cpu, prompt in zip(
+                    samples[p.name].get((workload, "proxy CPU ms per Gbit"), []),
+                    samples[p.name].get((workload, "prompt segments %"), [])))
+                for p in proxies]  # fmt: skip
+            if any(samples[p.name].get((workload, "proxy CPU ms per Gbit")) for p in proxies):
+                notes.append(f"{workload}, each round's proxy CPU ms per Gbit [prompt segments]: " + "; ".join(rounds))
         notes.append("CPU time stolen by the VM's host while the load ran: " + ", ".join(
             f"{workload} {100 * steal / total:.1f}%" for workload, (steal, total) in stolen.items() if total))
         notes.append(f"total run time {time.monotonic() - started:.0f}s")
