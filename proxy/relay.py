@@ -487,7 +487,7 @@ class Session:
                     d.discard()
                 d.session = d.reverse = None  # break the cycles now rather than in the collector
         runtime.sessions.discard(self)
-        runtime.log.session(self.source, self.sport, self.vip, self.vport, pool.service.label, server.config.label,
+        runtime.log.session(self.source, self.sport, self.vip, self.vport, pool.service.label, server.label,
                             bytes_in, bytes_out, loop.now - self.started, self.reason)  # fmt: skip
 
     def idle_reason(self, now: float) -> str | None:
