@@ -3,8 +3,10 @@ counts while sessions are open and after they end, and when the idle sweep close
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import socket
+import time
 
 import pytest
 
@@ -20,18 +22,23 @@ class Running:
     """A ProxyService with one virtual service on loopback, one real server whose connections the test
     accepts and drives, and a clock that only the test moves."""
 
-    def __init__(self) -> None:
+    def __init__(self, ports: tuple[int, ...] = (), connect: float = IDLE) -> None:
+        """`ports`: real servers' ports, for servers the test listens on (or not) itself; by default one
+        real server, `backend`."""
         self.backend = socket.create_server(("127.0.0.1", 0))
         front = socket.create_server(("127.0.0.1", 0))
         front.setblocking(False)
         self.port = front.getsockname()[1]
-        server = RealServer("b", ipaddress.ip_address("127.0.0.1"), self.backend.getsockname()[1], 100,
-                            AdminState.ONLINE)  # fmt: skip
-        vs = VirtualService("S", ipaddress.ip_address("127.0.0.1"), (self.port,), (server,),
+        servers = tuple(
+            RealServer(f"b{i}" if ports else "b", ipaddress.ip_address("127.0.0.1"), port, 100, AdminState.ONLINE)
+            for i, port in enumerate(ports or (self.backend.getsockname()[1],))
+        )
+        vs = VirtualService("S", ipaddress.ip_address("127.0.0.1"), (self.port,), servers,
                             persistence=Persistence(PersistenceMode.SOURCE_IP, 60.0, 1000),
-                            timeouts=Timeouts(client=IDLE, server=IDLE, connect=IDLE))  # fmt: skip
+                            timeouts=Timeouts(client=IDLE, server=IDLE, connect=connect))  # fmt: skip
         self.clock = FakeReactor()
-        self.proxy = ProxyService(ClusterConfig((vs,)), self.clock, open("/dev/null", "w"), check=False,
+        self.log = io.StringIO()
+        self.proxy = ProxyService(ClusterConfig((vs,)), self.clock, self.log, check=False,
                                   sockets=lambda ip, port: front)  # fmt: skip
         self.proxy.startService()
         self.kept: list[socket.socket] = [self.backend]
@@ -130,3 +137,96 @@ def test_a_session_in_use_outlives_its_idle_timeout_and_closes_within_a_quarter_
     assert IDLE <= idle <= 1.25 * IDLE
     running.poll()
     assert client.recv(16) == b""  # closed with a FIN, not left hanging
+
+
+# --- connecting to real servers -----------------------------------------------------------------------
+
+
+def _refusing_port() -> int:
+    """A loopback port nothing listens on: a connect to it is refused."""
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        return s.getsockname()[1]
+
+
+def _unanswering() -> tuple[socket.socket, socket.socket]:
+    """A listener whose accept queue is full (its one place taken by `filler`): it drops a new SYN, so
+    a connect to it stays under way until the queue has room and the SYN is sent again."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    filler = socket.create_connection(full.getsockname())
+    return full, filler
+
+
+def _session(running: Running):
+    (session,) = running.proxy.runtime.sessions
+    return session
+
+
+def _relays(running: Running, client: socket.socket, listener: socket.socket) -> None:
+    listener.settimeout(5)
+    server, _ = listener.accept()
+    server.settimeout(5)
+    running.kept += [client, server]
+    running.through(client, server, b"hello")
+    running.through(server, client, b"world")
+
+
+def test_a_refused_connect_is_redispatched_to_the_next_server_before_the_client_notices():
+    live = socket.create_server(("127.0.0.1", 0))
+    running = Running(ports=(_refusing_port(), live.getsockname()[1]))
+    try:
+        client = socket.create_connection(("127.0.0.1", running.port))
+        running.poll()
+        _relays(running, client, live)
+        vs, b0 = running.status()
+        assert (b0["failed"], vs["servers"][1]["current"]) == (1, 1)
+        running.proxy.runtime.log.flush()
+        assert "S: b0 refused (Connection refused); redispatched to b1" in running.log.getvalue()
+    finally:
+        running.close()
+        live.close()
+
+
+def test_a_connect_left_unanswered_times_out_and_is_redispatched():
+    full, filler = _unanswering()
+    live = socket.create_server(("127.0.0.1", 0))
+    running = Running(ports=(full.getsockname()[1], live.getsockname()[1]), connect=2.0)
+    try:
+        client = socket.create_connection(("127.0.0.1", running.port))
+        running.poll()
+        assert _session(running).connecting  # the SYN was dropped: no answer yet
+        for _ in range(40):  # 10 s of the fake clock at most
+            running.clock.advance(0.25)
+            running.poll()
+            if not _session(running).connecting:
+                break
+        assert 2.0 <= running.clock.seconds() <= 2.5  # the connect timeout, plus up to two sweep periods
+        _relays(running, client, live)
+        running.proxy.runtime.log.flush()
+        assert "b0 refused (connection timed out); redispatched to b1" in running.log.getvalue()
+    finally:
+        running.close()
+        for s in (live, full, filler):
+            s.close()
+
+
+def test_a_connect_answered_late_is_relayed_once_the_server_answers():
+    full, filler = _unanswering()
+    running = Running(ports=(full.getsockname()[1],), connect=30.0)
+    try:
+        client = socket.create_connection(("127.0.0.1", running.port))
+        running.poll()
+        assert _session(running).connecting
+        full.accept()[0].close()  # room in the queue: the SYN sent again (after about 1 s) is answered
+        deadline = time.monotonic() + 10
+        while _session(running).connecting and time.monotonic() < deadline:
+            time.sleep(0.02)
+            running.poll(1)
+        assert not _session(running).connecting
+        _relays(running, client, full)
+        assert running.status()[1]["failed"] == 0
+    finally:
+        running.close()
+        for s in (full, filler):
+            s.close()
