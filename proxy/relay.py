@@ -244,7 +244,7 @@ class Direction:
         if self.pending >= pipe.size:
             self.full = True
         if not self.blocked:
-            self.flush()
+            self.flush(True)
         return True
 
     def pump(self) -> None:
@@ -257,7 +257,11 @@ class Direction:
             rounds -= 1
             moved = self.splice()
 
-    def flush(self) -> None:
+    def flush(self, reading: bool = False) -> None:
+        """Writes what is pending. `reading`: called between two reads (`splice`), so an emptied pipe stays
+        lent, as the next read most likely needs it; it goes back once a read finds the socket empty
+        with the pipe empty, at the FIN, or at the end. Back to the pool and out again after every read
+        of a bulk transfer was a fifth of the worker's instructions per read (callgrind, 64 KiB reads)."""
         try:
             pipe = self.pipe
             if pipe is not None:
@@ -276,7 +280,7 @@ class Direction:
             self.full = False
         if self.pending:
             self.blocked = True
-        else:
+        elif not reading:
             self._release()
             if self.eof:
                 self._shutdown()

@@ -120,6 +120,18 @@ def test_status_counts_spliced_bytes_of_an_open_bulk_transfer(running):
     assert vs["spliced"] == real["spliced"] >= 200_000 - 65536
 
 
+def test_a_splicing_session_holds_no_pipe_once_its_bytes_are_through(running):
+    client, server = running.connect()
+    running.through(server, client, b"x" * 65536)  # bulk: spliced from then on
+    running.through(server, client, b"y" * 500_000)
+    running.through(client, server, b"z" * 100)
+    session = _session(running)
+    assert session.down.spliced > 0
+    assert session.up.pipe is None and session.down.pipe is None  # an idle session holds none
+    pipes = running.proxy.runtime.pipes
+    assert pipes.open == len(pipes._free) >= 1  # back in the pool, for the next transfer
+
+
 def test_a_session_in_use_outlives_its_idle_timeout_and_closes_within_a_quarter_more_once_idle(running):
     client, server = running.connect()
     period = IDLE * SWEEP_FRACTION
