@@ -244,7 +244,7 @@ class Direction:
         if self.pending >= pipe.size:
             self.full = True
         if not self.blocked:
-            self.flush(True)
+            self.flush(reading=True)
         return True
 
     def pump(self) -> None:

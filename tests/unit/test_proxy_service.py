@@ -73,6 +73,11 @@ class Running:
         receiver.settimeout(5)
         assert got == data
 
+    def session(self):
+        """The one session open."""
+        (session,) = self.proxy.runtime.sessions
+        return session
+
     def status(self) -> tuple[dict, dict]:
         """The service's counters and its real server's."""
         (vs,) = self.proxy.snapshot()
@@ -125,7 +130,7 @@ def test_a_splicing_session_holds_no_pipe_once_its_bytes_are_through(running):
     running.through(server, client, b"x" * 65536)  # bulk: spliced from then on
     running.through(server, client, b"y" * 500_000)
     running.through(client, server, b"z" * 100)
-    session = _session(running)
+    session = running.session()
     assert session.down.spliced > 0
     assert session.up.pipe is None and session.down.pipe is None  # an idle session holds none
     pipes = running.proxy.runtime.pipes
@@ -170,11 +175,6 @@ def _unanswering() -> tuple[socket.socket, socket.socket]:
     return full, filler
 
 
-def _session(running: Running):
-    (session,) = running.proxy.runtime.sessions
-    return session
-
-
 def _relays(running: Running, client: socket.socket, listener: socket.socket) -> None:
     listener.settimeout(5)
     server, _ = listener.accept()
@@ -207,11 +207,11 @@ def test_a_connect_left_unanswered_times_out_and_is_redispatched():
     try:
         client = socket.create_connection(("127.0.0.1", running.port))
         running.poll()
-        assert _session(running).connecting  # the SYN was dropped: no answer yet
+        assert running.session().connecting  # the SYN was dropped: no answer yet
         for _ in range(40):  # 10 s of the fake clock at most
             running.clock.advance(0.25)
             running.poll()
-            if not _session(running).connecting:
+            if not running.session().connecting:
                 break
         assert 2.0 <= running.clock.seconds() <= 2.5  # the connect timeout, plus up to two sweep periods
         _relays(running, client, live)
@@ -229,13 +229,13 @@ def test_a_connect_answered_late_is_relayed_once_the_server_answers():
     try:
         client = socket.create_connection(("127.0.0.1", running.port))
         running.poll()
-        assert _session(running).connecting
+        assert running.session().connecting
         full.accept()[0].close()  # room in the queue: the SYN sent again (after about 1 s) is answered
         deadline = time.monotonic() + 10
-        while _session(running).connecting and time.monotonic() < deadline:
+        while running.session().connecting and time.monotonic() < deadline:
             time.sleep(0.02)
             running.poll(1)
-        assert not _session(running).connecting
+        assert not running.session().connecting
         _relays(running, client, full)
         assert running.status()[1]["failed"] == 0
     finally:
