@@ -39,7 +39,8 @@ How:
     behind a busy read (coalesced in the socket's backlog) and each read takes more. One haproxy-splice
     run measured 7 ms per Gbit batched and 16 prompt. The notes list each bulk round's CPU per Gbit with
     its share of prompt segments (TcpExt TCPHPHits against TCPBacklogCoalesce, /proc/net/netstat,
-    counted over the whole machine): compare rounds of the same regime.
+    counted over the whole machine), and then hapair against haproxy-splice regime by regime (the
+    median of each proxy's rounds in it): compare rounds of the same regime.
   * Both keep source-IP persistence (haproxy: a stick table on src, 60 min, as hapair's services).
     hapair logs one line per session (its design); haproxy is configured without logging.
 
@@ -511,6 +512,27 @@ def tcp_ext() -> dict[str, int]:
     return {}
 
 
+#: A bulk round with at least this share of prompt segments is counted as prompt, below it as batched.
+PROMPT_SHARE = 50.0
+
+
+def like_with_like(ours: list[tuple[float, float]], theirs: list[tuple[float, float]]) -> list[str]:
+    """Per regime, the median CPU per Gbit of each proxy's rounds in it and their ratio, from each round's
+    (CPU ms per Gbit, prompt segments %): the comparison that a median over rounds of mixed regimes
+    blurs. A regime only one proxy fell into gets its median and no ratio."""
+    parts = []
+    for regime in ("batched", "prompt"):
+        a, b = ([cpu for cpu, share in rounds if (share >= PROMPT_SHARE) == (regime == "prompt")]
+                for rounds in (ours, theirs))  # fmt: skip
+        if not a and not b:
+            continue
+        ma, mb = (statistics.median(x) if x else None for x in (a, b))
+        text = " vs ".join(f"{m:.1f} ({len(x)})" if m is not None else "none" for m, x in ((ma, a), (mb, b)))
+        ratio = f" = x{ma / mb:.2f}" if ma is not None and mb else ""
+        parts.append(f"{regime} {text}{ratio}")
+    return parts
+
+
 def bulk(proxy: Proxy, workload: str, streams: int, duration: int) -> dict[str, float]:
     before = tcp_ext()
     m = measure(proxy, lambda: iperf(proxy.ports[workload], streams, duration))
@@ -756,6 +778,13 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
                 for p in proxies]  # fmt: skip
             if any(samples[p.name].get((workload, "proxy CPU ms per Gbit")) for p in proxies):
                 notes.append(f"{workload}, each round's proxy CPU ms per Gbit [prompt segments]: " + "; ".join(rounds))
+                pairs = {p.name: list(zip(samples[p.name].get((workload, "proxy CPU ms per Gbit"), []),
+                                          samples[p.name].get((workload, "prompt segments %"), [])))
+                         for p in proxies}  # fmt: skip
+                if pairs.get("haproxy-splice"):
+                    notes.append(f"{workload}, like with like, median CPU ms per Gbit (rounds), hapair vs haproxy-"
+                                 f"splice, prompt at {PROMPT_SHARE:.0f}% or more: "
+                                 + "; ".join(like_with_like(pairs["hapair"], pairs["haproxy-splice"])))  # fmt: skip
         notes.append("CPU time stolen by the VM's host while the load ran: " + ", ".join(
             f"{workload} {100 * steal / total:.1f}%" for workload, (steal, total) in stolen.items() if total))
         notes.append(f"total run time {time.monotonic() - started:.0f}s")
