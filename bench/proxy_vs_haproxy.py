@@ -771,16 +771,14 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
             warnings = [l for l in haproxy.proc.output().splitlines() if "WARNING" in l or "ALERT" in l]
             notes += [f"{haproxy.name} log: {l[:200]}" for l in warnings[:5]]
         for workload in ("bulk 1 stream", "bulk 8 streams"):
-            rounds = [f"{p.name} " + ", ".join(
-                f"{cpu:.1f} [{prompt:.0f}%]" for cpu, prompt in zip(
-                    samples[p.name].get((workload, "proxy CPU ms per Gbit"), []),
-                    samples[p.name].get((workload, "prompt segments %"), [])))
-                for p in proxies]  # fmt: skip
-            if any(samples[p.name].get((workload, "proxy CPU ms per Gbit")) for p in proxies):
+            # Each proxy's rounds as (CPU ms per Gbit, prompt segments %).
+            pairs = {p.name: list(zip(samples[p.name].get((workload, "proxy CPU ms per Gbit"), []),
+                                      samples[p.name].get((workload, "prompt segments %"), [])))
+                     for p in proxies}  # fmt: skip
+            if any(pairs.values()):
+                rounds = [f"{name} " + ", ".join(f"{cpu:.1f} [{prompt:.0f}%]" for cpu, prompt in pairs[name])
+                          for name in pairs]  # fmt: skip
                 notes.append(f"{workload}, each round's proxy CPU ms per Gbit [prompt segments]: " + "; ".join(rounds))
-                pairs = {p.name: list(zip(samples[p.name].get((workload, "proxy CPU ms per Gbit"), []),
-                                          samples[p.name].get((workload, "prompt segments %"), [])))
-                         for p in proxies}  # fmt: skip
                 if pairs.get("haproxy-splice"):
                     notes.append(f"{workload}, like with like, median CPU ms per Gbit (rounds), hapair vs haproxy-"
                                  f"splice, prompt at {PROMPT_SHARE:.0f}% or more: "
