@@ -1,6 +1,8 @@
-"""Flow control of a splicing direction on real loopback sockets, in-process: a client that stops
-reading stops the proxy reading its server, and the proxy then waits without spinning, even when the
-pipe ran out of slots (small segments) long before it ran out of bytes."""
+"""A splicing direction on real loopback sockets, in-process. Flow control: a client that stops reading
+stops the proxy reading its server, and the proxy then waits without spinning, even when the pipe ran
+out of slots (small segments) long before it ran out of bytes. And how it ends: a FIN passed on after
+the last byte, a reset from either side or a refused write passed on as a reset, and a bulk transfer
+that gets no pipe copied instead."""
 
 from __future__ import annotations
 
@@ -244,3 +246,108 @@ def test_a_fin_that_came_with_the_data_ends_the_direction_without_another_read(p
     else:
         _poll_until(proxied, lambda: proxied.session.up.eof)
         assert not proxied.session.finished
+
+
+def _stream(proxied, total: int, then=None) -> bytearray:
+    """The server sends `total` bytes of `_PATTERN` (then calls `then`) while the proxy runs and the
+    client reads; returns what the client got until it saw the end of the stream (or the proxy stopped)."""
+    proxied.client.setblocking(False)
+    sent, got, ended = 0, bytearray(), False
+    for _ in range(100_000):
+        if sent < total:
+            off = sent % 251
+            try:
+                sent += proxied.server.send(_PATTERN[off : off + min(65536, total - sent)])
+            except BlockingIOError:
+                pass
+            if sent == total and then is not None:
+                then()
+        proxied.poll()
+        try:
+            data = proxied.client.recv(1 << 20)
+        except BlockingIOError:
+            continue
+        except ConnectionResetError:
+            got += b"<reset>"
+            break
+        if not data:
+            ended = True
+            break
+        got += data
+    assert ended or got.endswith(b"<reset>") or proxied.session.finished, "the stream neither ended nor stopped"
+    return got
+
+
+def test_a_fin_after_spliced_bytes_is_passed_on_once_they_are_through_and_the_other_way_stays_open(proxied):
+    _make_splicing(proxied)
+    got = _stream(proxied, 3_000_000, then=lambda: proxied.server.shutdown(socket.SHUT_WR))
+    assert bytes(got) == (_PATTERN * 12)[:3_000_000], "bytes lost or out of order before the FIN"
+    session = proxied.session
+    assert session.down.eof and session.down.spliced > 0 and session.reason == "server closed"
+    assert not session.finished and session.down.pipe is None
+    # Half-close: the client still talks to the server, then ends its side, and the session ends.
+    proxied.client.setblocking(True)
+    proxied.client.sendall(b"still here")
+    proxied.server.setblocking(True)
+    proxied.server.settimeout(5)
+    _poll_until(proxied, lambda: session.up.count == 10)
+    assert proxied.server.recv(100) == b"still here"
+    proxied.client.shutdown(socket.SHUT_WR)
+    _poll_until(proxied, lambda: session.finished)
+    assert proxied.server.recv(100) == b""
+
+
+def test_a_server_reset_in_a_spliced_transfer_resets_the_client(proxied):
+    _make_splicing(proxied)
+
+    def reset() -> None:
+        proxied.server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, relay._LINGER_RST)
+        proxied.server.close()
+
+    got = _stream(proxied, 1_000_000, then=reset)
+    assert proxied.session.finished and proxied.session.reason == "server reset"
+    assert got.endswith(b"<reset>"), "the client was not reset"
+    proxied.server = socket.socket()  # closed above; the fixture closes this one
+
+
+def test_a_client_reset_in_a_spliced_transfer_resets_the_server(proxied):
+    _make_splicing(proxied)
+    proxied.server_sends(b"y" * 16384, limit=200_000)  # the pipe holds bytes for the client
+    proxied.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, relay._LINGER_RST)
+    proxied.client.close()
+    _poll_until(proxied, lambda: proxied.session.finished)
+    assert proxied.session.reason == "client reset"
+    proxied.server.setblocking(True)
+    proxied.server.settimeout(5)
+    with pytest.raises(ConnectionResetError):
+        for _ in range(1000):  # what the server had in flight, then the reset
+            proxied.server.send(b"z" * 65536)
+    proxied.client = socket.socket()
+
+
+def test_with_no_pipe_to_be_had_a_bulk_direction_copies_and_loses_nothing(proxied, monkeypatch):
+    monkeypatch.setattr(proxied.runtime.pipes, "take", lambda: None)
+    _make_splicing(proxied)
+    got = _stream(proxied, 2_000_000, then=lambda: proxied.server.shutdown(socket.SHUT_WR))
+    assert bytes(got) == (_PATTERN * 8)[:2_000_000]
+    assert proxied.session.down.spliced == 0 and proxied.session.down.count == 65536 + 2_000_000
+
+
+def test_a_spliced_write_the_client_refuses_aborts_both_sides(proxied, monkeypatch):
+    # The client's reset can reach the proxy as a failed write before its own event: the write's error
+    # ends the session as the event would.
+    _make_splicing(proxied)
+    real = relay._splice
+
+    def refusing(src, dst, n, *args):
+        if dst == proxied.session.cfd:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return real(src, dst, n, *args)
+
+    monkeypatch.setattr(relay, "_splice", refusing)
+    proxied.server.send(b"w" * 65536)
+    _poll_until(proxied, lambda: proxied.session.finished)
+    assert proxied.session.reason == "client reset"
+    proxied.server.settimeout(5)
+    with pytest.raises(ConnectionResetError):
+        proxied.server.recv(100)
