@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""The Python cost of one keep-alive request through the relay, without the system calls.
+"""The Python cost of one keep-alive request through the relay, without the system calls; or, with
+--bulk N, of one event of a bulk transfer (N spliced reads, each written on, then a read that finds
+the socket empty).
 
-    python3 bench/relay_overhead.py [--sessions 50] [--repeat 30] [--instructions]
+    python3 bench/relay_overhead.py [--sessions 50] [--repeat 30] [--instructions] [--bulk N]
 
 Opens real sessions on loopback (a listener stands in for the real server), then swaps each
 direction's sockets for stand-ins whose recv_into returns a fixed size and whose send is `len`, and drives `Loop._dispatch` with one client event and one server event per session, as a
@@ -13,6 +15,10 @@ The best of --repeat passes is printed in microseconds. On this VM even that swi
 when the host is busy; --instructions counts instead (valgrind's callgrind, the program run with 1 and
 with 4 passes, the difference divided by the requests between): the same figure on every run, whatever
 the machine is doing, and the one to compare two versions of the relay by (run it in each tree).
+
+--bulk swaps the relay's splice for a stand-in (a read moves 100,000 bytes, a write all it is offered,
+and the read after the Nth raises EAGAIN, as an empty socket does), so what is timed is the dispatch,
+the direction's event handler and the interpreter's part of each splice call and of the EAGAIN.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from twisted.internet.task import Clock  # noqa: E402
 from hapair.config import AdminState, Persistence, PersistenceMode, RealServer, VirtualService  # noqa: E402
 from proxy.loop import IN, OUT  # noqa: E402
 from proxy.pool import Pool  # noqa: E402
+from proxy import relay  # noqa: E402
 from proxy.relay import Session  # noqa: E402
 from proxy.service import ProxyRuntime  # noqa: E402
 
@@ -59,9 +66,10 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--instructions", action="store_true", help="count instructions with callgrind")
+    parser.add_argument("--bulk", type=int, metavar="N", help="time a bulk event of N reads instead")
     args = parser.parse_args()
     if args.instructions:
-        return count_instructions(args.sessions)
+        return count_instructions(args.sessions, args.bulk)
 
     backend = socket.create_server(("127.0.0.1", 0), backlog=args.sessions)
     port = backend.getsockname()[1]
@@ -83,6 +91,8 @@ def main() -> int:
         session.up.src, session.up.dst = request, response
         session.down.src, session.down.dst = response, request
         ready += [(session.cfd, IN), (session.sfd, IN)]
+    if args.bulk:
+        return bulk(runtime, ready[::2], args.bulk, args.repeat)
 
     def one_pass(rounds: int = ROUNDS) -> float:
         started = time.perf_counter()
@@ -101,17 +111,55 @@ def main() -> int:
 
 #: Dispatch rounds per pass: each is one keep-alive request per session.
 ROUNDS = 400
+#: Bytes a stand-in spliced read moves.
+BULK_READ = 100_000
 
 
-def count_instructions(sessions: int) -> int:
-    """Instructions per request: this program under callgrind with 1 pass and with 4, the difference
-    divided by the requests in between."""
+def bulk(runtime: ProxyRuntime, ready: list[tuple[int, int]], reads: int, repeat: int) -> int:
+    """Each session's client direction made a splicing one, then a client event per session per round."""
+    pipe = runtime.pipes.take()
+    pipe_out = pipe.r
+    runtime.pipes.give(pipe)  # every direction gets this one pipe back from the pool, in turn
+    left = [0]
+
+    def splice(src: int, dst: int, n: int, *_: object) -> int:
+        if src == pipe_out:
+            return n  # a write: the destination takes it all
+        if left[0]:
+            left[0] -= 1
+            return min(n, BULK_READ)
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    relay._splice = splice
+    for session in runtime.sessions:
+        session.up.splicing = True
+
+    def one_pass(rounds: int = ROUNDS) -> float:
+        started = time.perf_counter()
+        for _ in range(rounds):
+            for event in ready:
+                left[0] = reads
+                runtime.loop._dispatch([event])
+        return (time.perf_counter() - started) / (rounds * len(ready)) * 1e6
+
+    best = min(one_pass() for _ in range(repeat))
+    if sum(s.up.spliced for s in runtime.sessions) != reads * BULK_READ * ROUNDS * len(ready) * repeat:
+        print("the bytes spliced are not the reads made: the relay did not run as meant", file=sys.stderr)
+        return 1
+    print(f"relay Python cost per bulk event ({reads} reads and an empty one, {len(ready)} sessions): {best:.2f} us")
+    return 0
+
+
+def count_instructions(sessions: int, reads: int | None = None) -> int:
+    """Instructions per request (or bulk event): this program under callgrind with 1 pass and with 4,
+    the difference divided by the requests in between."""
     totals = []
     with tempfile.TemporaryDirectory() as tmp:
         for passes in (1, 4):
             result = subprocess.run(
                 ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out", sys.executable,
-                 os.path.abspath(__file__), "--sessions", str(sessions), "--repeat", str(passes)],
+                 os.path.abspath(__file__), "--sessions", str(sessions), "--repeat", str(passes),
+                 *(["--bulk", str(reads)] if reads else [])],
                 capture_output=True, text=True, check=True,
             )  # fmt: skip
             found = re.search(r"Collected : (\d+)", result.stderr)
@@ -120,8 +168,8 @@ def count_instructions(sessions: int) -> int:
                 return 1
             totals.append(int(found.group(1)))
     per_request = (totals[1] - totals[0]) / (3 * ROUNDS * sessions)
-    print(f"relay Python cost per keep-alive request (2 events, {sessions} sessions): "
-          f"{per_request:,.0f} instructions")  # fmt: skip
+    what = f"bulk event ({reads} reads and an empty one" if reads else "keep-alive request (2 events"
+    print(f"relay Python cost per {what}, {sessions} sessions): {per_request:,.0f} instructions")
     return 0
 
 
