@@ -226,10 +226,10 @@ class Direction:
 
         One loop with the direction's state in locals, written back once: a method call per read and per
         write, and the attribute traffic of each, were a fifth of the interpreter's work per event of four
-        reads (`bench/relay_overhead.py --bulk 4 --instructions`). An emptied pipe stays lent between the reads, as the next one most likely needs it; it
-        goes back once a read finds the socket empty with the pipe empty, at the FIN, or at the end (back
-        to the pool and out again after every read cost a fifth of the worker's instructions per read,
-        callgrind, 64 KiB reads)."""
+        reads (`bench/relay_overhead.py --bulk 4 --instructions`). An emptied pipe stays lent between the
+        reads, as the next one most likely needs it; it goes back once a read finds the socket empty with
+        the pipe empty, at the FIN, or at the end (back to the pool and out again after every read cost a
+        fifth of the worker's instructions per read, callgrind, 64 KiB reads)."""
         pipe = self.pipe
         if pipe is None:
             pipe = self.pipe = self.session.runtime.pipes.take()
