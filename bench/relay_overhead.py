@@ -6,8 +6,9 @@ the socket empty).
     python3 bench/relay_overhead.py [--sessions 50] [--repeat 30] [--instructions] [--bulk N]
 
 Opens real sessions on loopback (a listener stands in for the real server), then swaps each
-direction's sockets for stand-ins whose recv_into returns a fixed size and whose send is `len`, and drives `Loop._dispatch` with one client event and one server event per session, as a
-keep-alive request makes them. What remains is the interpreter's work per request: dispatch, the
+direction's sockets for stand-ins whose recv_into returns a fixed size and whose send is `len`, and
+drives `Loop._dispatch` with one client event and one server event per session, as a keep-alive
+request makes them. What remains is the interpreter's work per request: dispatch, the
 direction's event handler, counting. The system calls are the same for hapair and HAProxy (2 reads and
 2 writes per request for both), so this is the part of the gap that is ours.
 
