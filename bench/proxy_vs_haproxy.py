@@ -661,10 +661,14 @@ def machine_header(args: argparse.Namespace, idle_count: int) -> list[str]:
     ]
 
 
-def table(results: dict[str, dict[tuple[str, str], float]]) -> list[str]:
+def table(results: dict[str, dict[tuple[str, str], float]], ran: list[str]) -> list[str]:
+    """The figures of the workloads in `ran` (not those --only left out: a row of "error" would say they
+    failed); a figure a proxy has no value for reads "error"."""
     head = ("workload", "metric", *PROXIES, "hapair/haproxy", "hapair/splice", "better")
     rows = []
     for workload, metric, better, fmt in FIGURES:
+        if workload not in ran:
+            continue
         values = [results[p].get((workload, metric)) for p in PROXIES]
         cells = ["error" if v is None else fmt.format(v) for v in values]
         ratios = ["n/a" if values[0] is None or v is None or v == 0 else f"{values[0] / v:.2f}" for v in values[1:]]
@@ -786,7 +790,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
         notes.append("CPU time stolen by the VM's host while the load ran: " + ", ".join(
             f"{workload} {100 * steal / total:.1f}%" for workload, (steal, total) in stolen.items() if total))
         notes.append(f"total run time {time.monotonic() - started:.0f}s")
-        return [*machine_header(args, args.connections), "", *table(results), "", "notes:",
+        return [*machine_header(args, args.connections), "", *table(results, [w for w, _ in plan]), "", "notes:",
                 *[f"  {n}" for n in notes]]  # fmt: skip
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
