@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The Python cost of one keep-alive request through the relay, without the system calls; or, with
 --bulk N, of one event of a bulk transfer (N spliced reads, each written on, then a read that finds
-the socket empty).
+the socket empty); or, with --drain N, of the event most of a bulk transfer's wake-ups are when the
+destination is the slower side (it has room: the pipe is written out, then N reads refill it).
 
-    python3 bench/relay_overhead.py [--sessions 50] [--repeat 30] [--instructions] [--bulk N]
+    python3 bench/relay_overhead.py [--sessions 50] [--repeat 30] [--instructions] [--bulk N | --drain N]
 
 Opens real sessions on loopback (a listener stands in for the real server), then swaps each
 direction's sockets for stand-ins whose recv_into returns a fixed size and whose send is `len`, and
@@ -68,9 +69,11 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--instructions", action="store_true", help="count instructions with callgrind")
     parser.add_argument("--bulk", type=int, metavar="N", help="time a bulk event of N reads instead")
+    parser.add_argument("--drain", type=int, metavar="N", help="time a slow destination's event instead: it takes "
+                        "what the pipe holds, then N reads refill it")  # fmt: skip
     args = parser.parse_args()
     if args.instructions:
-        return count_instructions(args.sessions, args.bulk)
+        return count_instructions(args.sessions, args.bulk, args.drain)
 
     backend = socket.create_server(("127.0.0.1", 0), backlog=args.sessions)
     port = backend.getsockname()[1]
@@ -94,6 +97,8 @@ def main() -> int:
         ready += [(session.cfd, IN), (session.sfd, IN)]
     if args.bulk:
         return bulk(runtime, ready[::2], args.bulk, args.repeat)
+    if args.drain:
+        return drain(runtime, args.drain, args.repeat)
 
     def one_pass(rounds: int = ROUNDS) -> float:
         started = time.perf_counter()
@@ -151,7 +156,52 @@ def bulk(runtime: ProxyRuntime, ready: list[tuple[int, int]], reads: int, repeat
     return 0
 
 
-def count_instructions(sessions: int, reads: int | None = None) -> int:
+def drain(runtime: ProxyRuntime, reads: int, repeat: int) -> int:
+    """Each session's client direction made a splicing one whose destination is full, its pipe holding bytes;
+    then, per session per round, the event that most of a bulk transfer's wake-ups are when the real server
+    reads slower than the client sends: the server socket has room (OUT), takes all the pipe holds, is full
+    again at the next write, and the client socket is read `reads` times, then found empty."""
+    clients = set()
+    for session in runtime.sessions:
+        up = session.up
+        up.splicing, up.pipe = True, runtime.pipes.take()
+        up.pending, up.blocked, up.full = BULK_READ, True, True
+        clients.add(up.src_fd)
+    left, first = [0], [False]
+
+    def splice(src: int, dst: int, n: int, *_: object) -> int:
+        if src in clients:  # a read
+            if left[0]:
+                left[0] -= 1
+                return min(n, BULK_READ)
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        if first[0]:  # the write the event is for: all of it is taken
+            first[0] = False
+            return n
+        raise BlockingIOError(11, "Resource temporarily unavailable")  # and the destination is full again
+
+    relay._splice = splice
+    ready = [(session.sfd, OUT) for session in runtime.sessions]
+
+    def one_pass(rounds: int = ROUNDS) -> float:
+        started = time.perf_counter()
+        for _ in range(rounds):
+            for event in ready:
+                left[0], first[0] = reads, True
+                runtime.loop._dispatch([event])
+        return (time.perf_counter() - started) / (rounds * len(ready)) * 1e6
+
+    best = min(one_pass() for _ in range(repeat))
+    if sum(s.up.spliced for s in runtime.sessions) != reads * BULK_READ * ROUNDS * len(ready) * repeat or not all(
+            s.up.blocked and s.up.pending for s in runtime.sessions):  # fmt: skip
+        print("the bytes spliced are not the reads made: the relay did not run as meant", file=sys.stderr)
+        return 1
+    print(f"relay Python cost per drain event (a write, {reads} reads and an empty one, {len(ready)} sessions): "
+          f"{best:.2f} us")
+    return 0
+
+
+def count_instructions(sessions: int, reads: int | None = None, drains: int | None = None) -> int:
     """Instructions per request (or bulk event): this program under callgrind with 1 pass and with 4,
     the difference divided by the requests in between."""
     totals = []
@@ -160,7 +210,7 @@ def count_instructions(sessions: int, reads: int | None = None) -> int:
             result = subprocess.run(
                 ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out", sys.executable,
                  os.path.abspath(__file__), "--sessions", str(sessions), "--repeat", str(passes),
-                 *(["--bulk", str(reads)] if reads else [])],
+                 *(["--bulk", str(reads)] if reads else []), *(["--drain", str(drains)] if drains else [])],
                 capture_output=True, text=True, check=True,
             )  # fmt: skip
             found = re.search(r"Collected : (\d+)", result.stderr)
@@ -169,7 +219,8 @@ def count_instructions(sessions: int, reads: int | None = None) -> int:
                 return 1
             totals.append(int(found.group(1)))
     per_request = (totals[1] - totals[0]) / (3 * ROUNDS * sessions)
-    what = f"bulk event ({reads} reads and an empty one" if reads else "keep-alive request (2 events"
+    what = (f"bulk event ({reads} reads and an empty one" if reads else
+            f"drain event (a write, {drains} reads and an empty one" if drains else "keep-alive request (2 events")
     print(f"relay Python cost per {what}, {sessions} sessions): {per_request:,.0f} instructions")
     return 0
 

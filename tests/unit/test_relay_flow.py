@@ -351,3 +351,30 @@ def test_a_spliced_write_the_client_refuses_aborts_both_sides(proxied, monkeypat
     proxied.server.settimeout(5)
     with pytest.raises(ConnectionResetError):
         proxied.server.recv(100)
+
+
+def test_once_a_slow_client_has_taken_everything_the_pipe_is_back_in_the_pool(proxied):
+    # The pipe a write empties stays lent for the read that follows in the same event; that read, finding
+    # the server quiet (no FIN: a keep-alive connection between two responses), must give it back, or
+    # every idle session that once carried bulk traffic would hold two descriptors and a megabyte.
+    _make_splicing(proxied)
+    sent = 0
+    for _ in range(200):
+        try:
+            sent += proxied.server.send(_PATTERN[:65536])
+        except BlockingIOError:
+            break
+        proxied.poll()
+    got = 0
+    for _ in range(100_000):
+        if got == sent:
+            break
+        proxied.poll()
+        try:
+            got += len(proxied.client.recv(16384))
+        except BlockingIOError:
+            pass
+    down, pool = proxied.session.down, proxied.runtime.pipes
+    assert got == sent > 65536 and down.pipe is None and not down.pending
+    assert len(pool._free) == pool.open, "a pipe is still lent"
+    assert not proxied.session.finished
