@@ -66,7 +66,7 @@ def start_version(procs: b.Processes, tree: Path, workdir: Path, index: int) -> 
         config = config.replace(f"[{port}]", f"[{ports[workload]}]")
     path = workdir / "hapair.yaml"
     path.write_text(config)
-    argv = ["env", f"PYTHONPATH={tree}", sys.executable, "-m", "hapair", "--config", str(path), "run"]
+    argv = [*b.HAPAIR_NICE, "env", f"PYTHONPATH={tree}", sys.executable, "-m", "hapair", "--config", str(path), "run"]
     proc = procs.start(f"hapair-{index}", argv, b.CPUS["proxy"], cwd=tree)
     b.wait_until(f"hapair from {tree} serving", lambda: "serving" in proc.output(), 30, proc)
     return b.Proxy(f"hapair-{index}", proc, ports)

@@ -22,7 +22,8 @@ How:
   * --sources N (default 1 with --cores 1, 16 with --cores 2): the load generators' connections come
     from 127.0.0.2 ... 127.0.0.N+1 (an LD_PRELOAD shim, bench/srcspread, built with gcc), as from many
     clients. hapair steers each source address to one worker, so one source would use one core.
-  * hapair runs as the real daemon (`python3 -m hapair --config FILE run`), one virtual service per
+  * hapair runs as the real daemon (`python3 -m hapair --config FILE run`), at nice -5 as its systemd unit
+    runs it (so its workers run at 0, as haproxy and the load generators do), one virtual service per
     workload port with source-IP persistence and a connect health check every 2 s. haproxy runs in the
     foreground (`-db`), one `listen` per workload with one server, checked every 2 s as well. Both
     proxies run for the whole benchmark; each workload goes through hapair, then through haproxy.
@@ -400,10 +401,17 @@ def hapair_config(workdir: Path, workers: int) -> str:
     )
 
 
+#: hapair starts as its systemd unit starts it (Nice=-5): its supervisor a step ahead of the load, its workers
+#: (5 nicer than the supervisor) level with it and with haproxy. Started at 0, the workers would run at 5
+#: and get a third of a load generator's share of a core they share with it (--cores 2).
+HAPAIR_NICE = ["nice", "-n", "-5"]
+
+
 def start_hapair(procs: Processes, workdir: Path, workers: int) -> Proxy:
     path = workdir / "hapair.yaml"
     path.write_text(hapair_config(workdir, workers))
-    proc = procs.start("hapair", [sys.executable, "-m", "hapair", "--config", str(path), "run"], CPUS["proxy"])
+    proc = procs.start("hapair", [*HAPAIR_NICE, sys.executable, "-m", "hapair", "--config", str(path), "run"],
+                       CPUS["proxy"])  # fmt: skip
 
     def all_listening() -> bool:
         out = proc.output()
