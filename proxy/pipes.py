@@ -1,8 +1,9 @@
 """Kernel pipes for zero-copy forwarding, lent to a direction of a session only while it moves data.
 
 `splice` moves pages socket -> pipe -> socket without copying them through the process. A pipe is taken
-when a direction reads and given back the moment it is empty, so idle connections hold none (they would
-cost two file descriptors and kernel memory each) and a few pipes serve thousands of sessions.
+when a direction reads and given back once it is empty and the event that emptied it has found the source
+empty too (or stopped), so idle connections hold none (they would cost two file descriptors and kernel
+memory each) and a few pipes serve thousands of sessions.
 
 Sizes: the pipe's size bounds each read, so it sets the cost per byte (64 KiB pipes cost about 2.5 times
 the CPU per Gbit of 1 MiB ones). An unprivileged process may grow pipes only while its user stays under

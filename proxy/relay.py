@@ -270,7 +270,9 @@ class Direction:
         self.count += moved
         self.spliced += moved
         self.pending, self.blocked, self.full = pending, blocked, full
-        if n > 0:
+        if n > 0:  # stopped at a limit, the source most likely not empty: it will say so
+            if not pending:
+                self._release()  # but if it is, an idle session must not hold a pipe
             return
         if n == _EMPTY:
             if pending:

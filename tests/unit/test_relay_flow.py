@@ -378,3 +378,31 @@ def test_once_a_slow_client_has_taken_everything_the_pipe_is_back_in_the_pool(pr
     assert got == sent > 65536 and down.pipe is None and not down.pending
     assert len(pool._free) == pool.open, "a pipe is still lent"
     assert not proxied.session.finished
+
+
+
+def test_a_pump_that_stops_at_its_read_limit_with_all_written_holds_no_pipe(proxied):
+    # The last read before a limit may have emptied the source, and then no event comes to give the pipe
+    # back: an idle session would hold it.
+    _make_splicing(proxied)
+    proxied.server.send(b"z" * 2000)
+    peek = lambda: len(proxied.session.server.recv(4096, socket.MSG_PEEK | socket.MSG_DONTWAIT))  # noqa: E731
+    for _ in range(1000):
+        if peek() == 2000:
+            break
+    down = proxied.session.down
+    before = down.spliced
+    down.pump(1)  # one read, its limit: it moves the 2,000 bytes and the client takes them all
+    assert down.spliced - before == 2000 and not down.pending
+    assert down.pipe is None, "the pipe stayed lent"
+    got = bytearray()
+
+    def received() -> bool:
+        try:
+            got.extend(proxied.client.recv(65536))
+        except BlockingIOError:
+            pass
+        return len(got) == 2000
+
+    _poll_until(proxied, received)
+    assert got == b"z" * 2000 and not proxied.session.finished
