@@ -10,11 +10,14 @@ context, and a sender's queued segments go out in the context of whoever frees r
 read sends, TCP Small Queues' deferred sends). So the load generator's TCP work lands on the proxy's CPU,
 more or less of it depending on when the proxy reads and writes. Per round and proxy this prints the CPU per
 Gbit (user + system), the share of prompt segments (bench/proxy_vs_haproxy.py explains the two regimes),
-and per Gbit: the system calls (splice, of which EAGAIN, epoll_wait, all) and the packets `lo` sent in the
-proxy's context (ACKs under 300 bytes, segments of 60,000 bytes or more), the unit that work comes in.
+and per Gbit: the system calls (splice, of which EAGAIN, epoll_wait, all) and the packets sent in the
+proxy's context (all on `lo` here: ACKs under 300 bytes, segments of 60,000 bytes or more), the unit that
+work comes in. The CPU is the proxy's whole (hapair: its supervisor too, idle meanwhile); the counts are
+its worker's.
 
-Measured on 2026-11-27, 8 streams: in batched rounds, the same system calls per Gbit for both (hapair
-461-474, HAProxy 629-670 with its clock reads) but 1,434-1,484 packets per Gbit sent in hapair's context
+Measured on 2026-11-27, 8 streams: in batched rounds, as many splices per Gbit for both (hapair 372-384,
+HAProxy 379-401) and fewer system calls in all for hapair (461-474 against 629-670, HAProxy's clock reads
+among them), but 1,434-1,484 packets per Gbit sent in hapair's context
 against 1,143-1,192 in HAProxy's (1,195 against 947 of the 60 KB segments), and 1.9-2.7 ms of user time per
 Gbit against 0.6-1.5. Across rounds the CPU per Gbit follows those packets more than anything the proxy
 does: hapair 21.9 ms per Gbit with 861 packets and 49.8 with 3,517, HAProxy 15.3 with 454 and 29.0 with
@@ -55,19 +58,20 @@ def perf_stat(pid: int, out: Path) -> subprocess.Popen:
     argv = ["perf", "stat", "-x,", "-o", str(out), "-p", str(pid)]
     for _, event, condition in COUNTS:
         argv += ["-e", event] + (["--filter", condition] if condition else [])
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def read_counts(out: Path) -> list[int]:
-    """The counts in COUNTS' order (perf writes one line per event, in the order asked)."""
-    values = []
-    for line in out.read_text().splitlines():
-        if line and not line.startswith("#"):
-            field = line.split(",")[0]
-            values.append(int(field) if field.isdigit() else 0)
-    if len(values) != len(COUNTS):
-        raise b.BenchError(f"perf stat wrote {len(values)} counts, not {len(COUNTS)}: {out.read_text()[-300:]}")
-    return values
+def read_counts(perf: subprocess.Popen, out: Path) -> list[int]:
+    """The counts in COUNTS' order (perf writes one line per event, in the order asked); a clear error if perf
+    failed (an event or filter this kernel lacks) or left an event uncounted."""
+    _, err = perf.communicate(timeout=30)
+    text = out.read_text() if out.exists() else ""
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    values = [line.split(",")[0] for line in lines]
+    if perf.returncode not in (0, -signal.SIGINT) or len(values) != len(COUNTS) or not all(map(str.isdigit, values)):
+        raise b.BenchError(f"perf stat (exit {perf.returncode}) gave {values or 'no counts'} for "
+                           f"{[label for label, _, _ in COUNTS]}: {(err or text).strip()[-400:]}")  # fmt: skip
+    return [int(v) for v in values]
 
 
 def one_round(proxy: b.Proxy, streams: int, duration: int, workdir: Path) -> str:
@@ -81,10 +85,10 @@ def one_round(proxy: b.Proxy, streams: int, duration: int, workdir: Path) -> str
     user1, system1 = b.user_system_seconds(proxy.pid)
     after = b.tcp_ext()
     perf.send_signal(signal.SIGINT)
-    perf.wait(30)
+    counted = read_counts(perf, out)
     gbit = result["gbit"]
     prompt, batched = (after.get(k, 0) - before.get(k, 0) for k in ("TCPHPHits", "TCPBacklogCoalesce"))
-    counts = ", ".join(f"{label} {n / gbit:.0f}" for (label, _, _), n in zip(COUNTS, read_counts(out)))
+    counts = ", ".join(f"{label} {n / gbit:.0f}" for (label, _, _), n in zip(COUNTS, counted))
     return (f"{proxy.name:15} {result['gbps']:6.2f} Gbit/s  CPU {1000 * (user1 - user0 + system1 - system0) / gbit:5.1f} "
             f"ms/Gbit (user {1000 * (user1 - user0) / gbit:.1f} + system {1000 * (system1 - system0) / gbit:.1f})  "
             f"prompt {100 * prompt / max(prompt + batched, 1):3.0f}%\n{'':17}per Gbit: {counts}")  # fmt: skip

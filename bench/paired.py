@@ -27,6 +27,7 @@ parts it uses; the load runs on CPU 1.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -119,6 +120,10 @@ def main() -> int:
     p.add_argument("--duration", type=int, default=4)
     args = p.parse_args()
     workloads = args.workload or list(WORKLOADS)
+    if os.geteuid() != 0:
+        print("run as root (nginx binds as root, hapair runs at nice -5, the proxies need many descriptors)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     b.raise_nofile()
     with tempfile.TemporaryDirectory(prefix="hapair-paired-") as tmp:
         root = Path(tmp)

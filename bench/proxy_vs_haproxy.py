@@ -403,7 +403,8 @@ def hapair_config(workdir: Path, workers: int) -> str:
 
 #: hapair starts as its systemd unit starts it (Nice=-5): its supervisor a step ahead of the load, its workers
 #: (5 nicer than the supervisor) level with it and with haproxy. Started at 0, the workers would run at 5
-#: and get a third of a load generator's share of a core they share with it (--cores 2).
+#: and get a third of a load generator's share of a core they share with it (--cores 2). With --workers 0
+#: the proxy runs in the supervisor, at -5 as in production. Needs root, as the rest of the benchmark does.
 HAPAIR_NICE = ["nice", "-n", "-5"]
 
 

@@ -68,10 +68,14 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--instructions", action="store_true", help="count instructions with callgrind")
-    parser.add_argument("--bulk", type=int, metavar="N", help="time a bulk event of N reads instead")
-    parser.add_argument("--drain", type=int, metavar="N", help="time a slow destination's event instead: it takes "
-                        "what the pipe holds, then N reads refill it")  # fmt: skip
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--bulk", type=int, metavar="N", help="time a bulk event of N reads instead")
+    mode.add_argument("--drain", type=int, metavar="N", help="time a slow destination's event instead: it takes "
+                      "what the pipe holds, then N reads refill it")  # fmt: skip
     args = parser.parse_args()
+    for name in ("bulk", "drain"):
+        if getattr(args, name) is not None and not 1 <= getattr(args, name) <= MAX_READS:
+            parser.error(f"--{name} runs from 1 to {MAX_READS} reads (a 1 MiB pipe holds {MAX_READS} and a bit)")
     if args.instructions:
         return count_instructions(args.sessions, args.bulk, args.drain)
 
@@ -117,8 +121,9 @@ def main() -> int:
 
 #: Dispatch rounds per pass: each is one keep-alive request per session.
 ROUNDS = 400
-#: Bytes a stand-in spliced read moves.
+#: Bytes a stand-in spliced read moves, and the most reads an event may make (--drain's pipe holds them all).
 BULK_READ = 100_000
+MAX_READS = 9
 
 
 def bulk(runtime: ProxyRuntime, ready: list[tuple[int, int]], reads: int, repeat: int) -> int:
@@ -165,6 +170,9 @@ def drain(runtime: ProxyRuntime, reads: int, repeat: int) -> int:
     for session in runtime.sessions:
         up = session.up
         up.splicing, up.pipe = True, runtime.pipes.take()
+        if up.pipe.size < (reads + 1) * BULK_READ:
+            print(f"pipes of {up.pipe.size} bytes cannot hold {reads + 1} reads (fs.pipe-max-size?)", file=sys.stderr)
+            return 1
         up.pending, up.blocked, up.full = BULK_READ, True, True
         clients.add(up.src_fd)
     left, first = [0], [False]
