@@ -2,7 +2,8 @@
 """The Python cost of one keep-alive request through the relay, without the system calls; or, with
 --bulk N, of one event of a bulk transfer (N spliced reads, each written on, then a read that finds
 the socket empty); or, with --drain N, of the event most of a bulk transfer's wake-ups are when the
-destination is the slower side (it has room: the pipe is written out, then N reads refill it).
+destination is the slower side (it has room: the pipe is written out, then N reads are written on, the
+last in part).
 
     python3 bench/relay_overhead.py [--sessions 50] [--repeat 30] [--instructions] [--bulk N | --drain N]
 
@@ -71,11 +72,11 @@ def main() -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--bulk", type=int, metavar="N", help="time a bulk event of N reads instead")
     mode.add_argument("--drain", type=int, metavar="N", help="time a slow destination's event instead: it takes "
-                      "what the pipe holds, then N reads refill it")  # fmt: skip
+                      "what the pipe holds, then N reads are written on, the last in part")  # fmt: skip
     args = parser.parse_args()
     for name in ("bulk", "drain"):
         if getattr(args, name) is not None and not 1 <= getattr(args, name) <= MAX_READS:
-            parser.error(f"--{name} runs from 1 to {MAX_READS} reads (a 1 MiB pipe holds {MAX_READS} and a bit)")
+            parser.error(f"--{name} runs from 1 to {MAX_READS} reads")
     if args.instructions:
         return count_instructions(args.sessions, args.bulk, args.drain)
 
@@ -121,7 +122,7 @@ def main() -> int:
 
 #: Dispatch rounds per pass: each is one keep-alive request per session.
 ROUNDS = 400
-#: Bytes a stand-in spliced read moves, and the most reads an event may make (--drain's pipe holds them all).
+#: Bytes a stand-in spliced read moves, and the most reads an event may make (fewer than BULK_BYTES).
 BULK_READ = 100_000
 MAX_READS = 9
 
@@ -164,27 +165,21 @@ def bulk(runtime: ProxyRuntime, ready: list[tuple[int, int]], reads: int, repeat
 def drain(runtime: ProxyRuntime, reads: int, repeat: int) -> int:
     """Each session's client direction made a splicing one whose destination is full, its pipe holding bytes;
     then, per session per round, the event that most of a bulk transfer's wake-ups are when the real server
-    reads slower than the client sends: the server socket has room (OUT), takes all the pipe holds, is full
-    again at the next write, and the client socket is read `reads` times, then found empty."""
+    reads slower than the client sends: the server socket has room (OUT) and takes all the pipe holds, the
+    client socket is read `reads` times, each read written on, and the last write is refused (the server
+    is full again)."""
     clients = set()
     for session in runtime.sessions:
         up = session.up
-        up.splicing, up.pipe = True, runtime.pipes.take()
-        if up.pipe.size < (reads + 1) * BULK_READ:
-            print(f"pipes of {up.pipe.size} bytes cannot hold {reads + 1} reads (fs.pipe-max-size?)", file=sys.stderr)
-            return 1
-        up.pending, up.blocked, up.full = BULK_READ, True, True
+        up.splicing, up.pipe, up.pending = True, runtime.pipes.take(), BULK_READ
         clients.add(up.src_fd)
-    left, first = [0], [False]
+    writes = [0]
 
     def splice(src: int, dst: int, n: int, *_: object) -> int:
         if src in clients:  # a read
-            if left[0]:
-                left[0] -= 1
-                return min(n, BULK_READ)
-            raise BlockingIOError(11, "Resource temporarily unavailable")
-        if first[0]:  # the write the event is for: all of it is taken
-            first[0] = False
+            return min(n, BULK_READ)
+        if writes[0]:  # the pending bytes, then each read but the last: taken whole
+            writes[0] -= 1
             return n
         raise BlockingIOError(11, "Resource temporarily unavailable")  # and the destination is full again
 
@@ -195,17 +190,17 @@ def drain(runtime: ProxyRuntime, reads: int, repeat: int) -> int:
         started = time.perf_counter()
         for _ in range(rounds):
             for event in ready:
-                left[0], first[0] = reads, True
+                writes[0] = reads
                 runtime.loop._dispatch([event])
         return (time.perf_counter() - started) / (rounds * len(ready)) * 1e6
 
     best = min(one_pass() for _ in range(repeat))
     if sum(s.up.spliced for s in runtime.sessions) != reads * BULK_READ * ROUNDS * len(ready) * repeat or not all(
-            s.up.blocked and s.up.pending for s in runtime.sessions):  # fmt: skip
+            s.up.pending == BULK_READ and s.up.pipe is not None for s in runtime.sessions):  # fmt: skip
         print("the bytes spliced are not the reads made: the relay did not run as meant", file=sys.stderr)
         return 1
-    print(f"relay Python cost per drain event (a write, {reads} reads and an empty one, {len(ready)} sessions): "
-          f"{best:.2f} us")
+    print(f"relay Python cost per drain event (a write, {reads} reads and their writes, the last refused, "
+          f"{len(ready)} sessions): {best:.2f} us")
     return 0
 
 
@@ -228,7 +223,8 @@ def count_instructions(sessions: int, reads: int | None = None, drains: int | No
             totals.append(int(found.group(1)))
     per_request = (totals[1] - totals[0]) / (3 * ROUNDS * sessions)
     what = (f"bulk event ({reads} reads and an empty one" if reads else
-            f"drain event (a write, {drains} reads and an empty one" if drains else "keep-alive request (2 events")
+            f"drain event (a write, {drains} reads and their writes, the last refused" if drains else
+            "keep-alive request (2 events")
     print(f"relay Python cost per {what}, {sessions} sessions): {per_request:,.0f} instructions")
     return 0
 

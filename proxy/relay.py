@@ -5,9 +5,9 @@ The rules a session keeps:
   not answer within the connect timeout) is replaced by another eligible one (redispatch) before the
   client is given up on;
 - each direction copies small messages through one shared buffer and, once it sees bulk traffic, moves
-  bytes with `splice` through a pooled pipe (zero-copy); a copying direction reads its source only when
-  everything it read before has been written, a splicing one while its pipe has room, so a slow reader
-  stops the writer at the kernel's socket buffers and the proxy holds at most one pipe per direction;
+  bytes with `splice` through a pooled pipe (zero-copy); either way it reads its source only when
+  everything it read before has been written, so a slow reader stops the writer at the kernel's socket
+  buffers and the proxy holds at most one read's bytes, and one pipe, per direction;
 - a FIN is passed on as a FIN (half-close) once the bytes before it are written; a reset on either side,
   or a write the peer refuses, aborts both;
 - idle and connect timeouts are checked by the proxy's sweep, not by a timer per connection;
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 RD = IN | RDHUP
 #: Real servers tried for one client before it is refused (the first choice included).
 MAX_ATTEMPTS = 3
-#: Reads per event for a direction carrying bulk traffic, while each moves bytes and its pipe has room,
+#: Reads per event for a direction carrying bulk traffic, while each moves bytes and is written whole,
 #: and the bytes those reads may move: the fewer wake-ups per byte, the less CPU per byte (16 reads cost
 #: 0.9x the CPU per Gbit of 4 with 8 streams), while 2 MiB at a time (about 1 ms) keeps one bulk transfer
 #: from holding up the other sessions of the process.
@@ -80,16 +80,15 @@ class Direction:
     then on the direction splices (`pump`) through a pipe lent while bytes are in flight (HAProxy's
     splice-auto makes the same call).
 
-    A copying direction reads again only once all it read is written. A splicing one goes on reading
-    while its pipe has room, as HAProxy does: the source keeps draining while the destination catches
-    up, and the destination gets its bytes in fewer, larger writes. Each read is bounded by the bytes
-    the pipe has room for; and since a pipe counts slots, not bytes, a read that finds nothing while the
-    pipe holds bytes may mean a pipe out of slots rather than an empty socket: the direction then waits
-    for the destination to take some (`full`), never for the source, which would wake it at once.
-
-    A destination that took less than it was offered is full (`blocked`): the reads that follow only
-    fill the pipe, and the next write waits for the destination to say it has room. Writing after each
-    read anyway would be a syscall that can only fail, once per read of a bulk transfer to a slow reader.
+    Either way a direction reads again only once all it read is written (`pending` is what is not): a
+    destination that took less than it was offered is full, and the direction waits for it to say it
+    has room, not for the source. HAProxy stops reading into a pipe the same way until it is flushed.
+    Reading on into the pipe meanwhile, as this relay once did, only moved the sender's backlog into the
+    proxy sooner: with 8 bulk streams it cost a tenth more CPU per Gbit, the sender's TCP work that a
+    read's window update sets off running on the proxy's CPU (bench/paired.py, bulk8), for no
+    throughput the socket buffers did not already give. It also keeps splice's one ambiguity away: a
+    read into an empty pipe that finds nothing means an empty socket (into a pipe holding bytes it could
+    mean a pipe out of slots, which count segments, not bytes).
 
     Bytes are counted here, per direction, and nothing else is done per read: they reach the service's
     and the real server's counters when the session ends (a status report adds those of open sessions),
@@ -97,7 +96,7 @@ class Direction:
     read instead of five and a clock stamp: a fifth of a small message's interpreter work."""
 
     __slots__ = ("session", "reverse", "src", "dst", "src_fd", "dst_fd", "pipe", "buf", "pending", "eof", "shut",
-                 "count", "spliced", "splicing", "full", "blocked", "reasons")  # fmt: skip
+                 "count", "spliced", "splicing", "reasons")  # fmt: skip
 
     def __init__(self, session: Session, src: socket.socket, dst: socket.socket, src_fd: int, dst_fd: int,
                  reasons: tuple[str, str, str]):  # fmt: skip
@@ -118,10 +117,6 @@ class Direction:
         #: Bytes read, and of those, bytes moved by splice.
         self.count = self.spliced = 0
         self.splicing = False
-        #: The pipe can take no more until the destination takes some.
-        self.full = False
-        #: The destination took less than it was offered: write again only once it says it has room.
-        self.blocked = False
 
     def event(self, events: int) -> None:
         """The loop's handler for `src`, which this direction reads and the reverse one writes. One handler
@@ -131,8 +126,7 @@ class Direction:
             if self.copy() and not self.pending:
                 return  # all it read is written, as before: what each socket waits for is unchanged
         else:
-            if events & _READABLE and not self.eof and (not self.pending or (self.pipe is not None and not self.full)):
-                had = self.pending  # the test above is can_read(), inlined: it runs for every bulk event
+            if events & _READABLE and not self.eof and not self.pending:  # can_read(), inlined
                 moved = False
                 if self.splicing:
                     self.pump()
@@ -140,9 +134,9 @@ class Direction:
                     moved = self.copy()
                 if self.session is None:
                     return  # the session ended
-                if events == IN and not had and not self.pending and not self.eof:
+                if events == IN and not self.pending and not self.eof:
                     return
-                if events & RDHUP and not self.eof and (not self.pending or (self.pipe is not None and not self.full)):
+                if events & RDHUP and not self.eof and not self.pending:
                     # The FIN came with the data: take it now rather than after another wait. After a copy
                     # that read less than it could, without another read: the FIN was in before the poll,
                     # so all that came before it was too, and a short read took it all (HAProxy reasons
@@ -158,14 +152,13 @@ class Direction:
                         return
             writing = self.reverse
             if events & _WRITABLE and writing.pending:
-                writing.blocked = False
                 writing.flush()
                 if self.session is None:
                     return
                 if writing.splicing and writing.can_read():
-                    # A slow reader made room, and its source most likely filled up meanwhile: refill the
-                    # pipe now rather than start watching the source again (two epoll_ctl calls per step of
-                    # the reader) to be told so on the next wait.
+                    # A slow reader took all the pipe held, and its source most likely filled up meanwhile:
+                    # refill the pipe now rather than start watching the source again (two epoll_ctl calls
+                    # per step of the reader) to be told so on the next wait.
                     writing.pump()
         s = self.session
         if s is None:
@@ -176,10 +169,8 @@ class Direction:
             s._finish(False)  # both FINs passed on (the first one is the reason)
             return
         # (each direction's can_read(), inlined: this runs for every event that misses the fast path)
-        cmask = (RD if not up.eof and (not up.pending or (up.pipe is not None and not up.full)) else 0) | (
-            OUT if down.pending else 0)
-        smask = (RD if not down.eof and (not down.pending or (down.pipe is not None and not down.full)) else 0) | (
-            OUT if up.pending else 0)
+        cmask = (RD if not up.eof and not up.pending else 0) | (OUT if down.pending else 0)
+        smask = (RD if not down.eof and not down.pending else 0) | (OUT if up.pending else 0)
         if cmask != s.cmask:
             s.cmask = cmask
             s.loop.watch(s.cfd, cmask)
@@ -188,7 +179,7 @@ class Direction:
             s.loop.watch(s.sfd, smask)
 
     def can_read(self) -> bool:
-        return not self.eof and (not self.pending or (self.pipe is not None and not self.full))
+        return not self.eof and not self.pending
 
     def copy(self) -> bool:
         """Reads once and writes what it read, for a copying direction or a splicing one that could get
@@ -220,15 +211,16 @@ class Direction:
         return True
 
     def pump(self, reads: int = BULK_READS) -> None:
-        """A splicing direction's reads, each written on at once unless the destination is full: on (the
-        socket most likely holds more by now) while each read moves bytes and the pipe has room, up to
-        `reads` reads and BULK_BYTES. Call only when `can_read()`.
+        """A splicing direction's reads, each written on at once: on (the socket most likely holds more by
+        now) while each read is written whole, up to `reads` reads and BULK_BYTES; a write the destination
+        takes only in part ends it, the rest pending. Call only when `can_read()`, so every read finds
+        the pipe empty and may fill it.
 
         One loop with the direction's state in locals, written back once: a method call per read and per
         write, and the attribute traffic of each, were a fifth of the interpreter's work per event of four
         reads (`bench/relay_overhead.py --bulk 4 --instructions`). An emptied pipe stays lent between the
-        reads, as the next one most likely needs it; it goes back once a read finds the socket empty with
-        the pipe empty, at the FIN, or at the end (back to the pool and out again after every read cost a
+        reads, as the next one most likely needs it; it goes back once a read finds the socket empty, at
+        the FIN, or at a limit with nothing pending (back to the pool and out again after every read cost a
         fifth of the worker's instructions per read, callgrind, 64 KiB reads)."""
         pipe = self.pipe
         if pipe is None:
@@ -238,47 +230,41 @@ class Direction:
                     reads -= 1
                 return
         src, dst, w, r, size = self.src_fd, self.dst_fd, pipe.w, pipe.r, pipe.size
-        pending, blocked, full = self.pending, self.blocked, self.full
-        moved = 0
+        pending = moved = 0
         while True:
             try:
-                n = _splice(src, w, size - pending, None, None, _SPLICE)
+                n = _splice(src, w, size, None, None, _SPLICE)
             except BlockingIOError:
-                n = _EMPTY  # an empty socket, or a pipe out of slots
+                n = _EMPTY  # into an empty pipe: an empty socket
             except OSError:
                 n = _SRC_FAILED
             if n <= 0:
                 break
             moved += n
-            pending += n
-            full = pending >= size
-            if not blocked:
-                try:
-                    sent = _splice(r, dst, pending, None, None, _SPLICE)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    n = _DST_FAILED
-                    break
-                if sent:
-                    pending -= sent
-                    full = False
-                blocked = pending > 0
+            try:
+                sent = _splice(r, dst, n, None, None, _SPLICE)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                n = _DST_FAILED
+                break
+            if sent < n:
+                pending = n - sent
+                break
             reads -= 1
-            if not reads or full or moved >= BULK_BYTES:
+            if not reads or moved >= BULK_BYTES:
                 break
         self.count += moved
         self.spliced += moved
-        self.pending, self.blocked, self.full = pending, blocked, full
-        if n > 0:  # stopped at a limit, the source most likely not empty: it will say so
+        self.pending = pending
+        if n > 0:
             if not pending:
-                self._release()  # but if it is, an idle session must not hold a pipe
+                # Stopped at a limit, the source most likely not empty (it will say so); but if it is,
+                # no event would come to give the pipe back, and an idle session must not hold one.
+                self._release()
             return
         if n == _EMPTY:
-            if pending:
-                self.full = True  # wait for the writer either way: the source would wake it at once
-            else:
-                self._release()
+            self._release()
         elif n == 0:
             self._ended()
         else:
@@ -297,17 +283,12 @@ class Direction:
                 n = self.dst.send(self.buf)
                 self.buf = self.buf[n:]
         except BlockingIOError:
-            self.blocked = True
             return
         except OSError:
             self.session.abort(self.reasons[1])
             return
         self.pending -= n
-        if n:
-            self.full = False
-        if self.pending:
-            self.blocked = True
-        elif self.eof:
+        if not self.pending and self.eof:
             self._release()
             self._shutdown()
 

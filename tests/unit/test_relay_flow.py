@@ -1,13 +1,16 @@
 """A splicing direction on real loopback sockets, in-process. Flow control: a client that stops reading
-stops the proxy reading its server, and the proxy then waits without spinning, even when the pipe ran
-out of slots (small segments) long before it ran out of bytes. And how it ends: a FIN passed on after
+stops the proxy reading its server, and the proxy then waits without spinning, with small segments too
+(a pipe's slots, not its bytes, then bound a read). And how it ends: a FIN passed on after
 the last byte, a reset from either side or a refused write passed on as a reset, and a bulk transfer
 that gets no pipe copied instead."""
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import socket
+import struct
+import termios
 
 import pytest
 
@@ -133,8 +136,8 @@ _PATTERN = bytes(range(251)) * 1000
 
 def _slow_client(proxied, cycles: int) -> None:
     """The server sends as fast as the proxy takes it; the client reads at most 16 KiB at a time, so the proxy
-    keeps filling its pipe from the server and draining it to the client in small steps (its small window
-    gives it 4 KiB a read)."""
+    drains its pipe to the client in small steps (its small window gives it 4 KiB a read) and refills it
+    from the server each time the client has taken all it held."""
     sent = got = 0
     for _ in range(cycles):
         while True:
@@ -156,9 +159,8 @@ def _slow_client(proxied, cycles: int) -> None:
 
 
 def test_a_slow_client_is_not_offered_bytes_before_it_has_room(proxied, monkeypatch):
-    # A write the client took only in part means it is full: the reads that follow fill the pipe and
-    # leave the client alone until it says it has room. Offering it bytes after each read is a syscall
-    # that can only fail.
+    # A write the client took only in part means it is full: the proxy leaves it alone until it says it
+    # has room. Offering it bytes again before that is a syscall that can only fail.
     _make_splicing(proxied)
     refused = []
     real = relay._splice
@@ -193,6 +195,25 @@ def test_a_slow_client_refills_the_pipe_without_rewatching_the_server(proxied, m
     monkeypatch.setattr(loop, "watch", counting)
     _slow_client(proxied, 300)
     assert len(watched) <= 3, f"the server was watched again {len(watched)} times in 300 steps"
+
+
+def test_a_splicing_direction_reads_only_into_an_empty_pipe(proxied, monkeypatch):
+    # As a copying direction reads again only once all it read is written, a splicing one reads its source
+    # only when its pipe is empty: reading on into a pipe the destination has not drained only moves the
+    # sender's backlog into the proxy (and on loopback, the sender's work onto the proxy's CPU).
+    _make_splicing(proxied)
+    down, held = proxied.session.down, []
+    real = relay._splice
+
+    def checking(src, dst, n, *args):
+        if src == proxied.session.sfd and down.pipe is not None:
+            held.append(struct.unpack("i", fcntl.ioctl(down.pipe.r, termios.FIONREAD, b"\0" * 4))[0])
+        return real(src, dst, n, *args)
+
+    monkeypatch.setattr(relay, "_splice", checking)
+    _slow_client(proxied, 800)  # about 3 MB: some 15 refills of the pipe
+    assert len(held) >= 5, "the server was hardly read"
+    assert not any(held), f"{sum(1 for h in held if h)} of {len(held)} reads went into a pipe holding bytes"
 
 
 class _CountingRecv:
