@@ -274,7 +274,8 @@ class Direction:
         """Writes what is pending (the destination said it has room). A pipe it empties stays lent unless the
         source has ended: the one caller pumps next (the source most likely filled up meanwhile), and `pump`
         gives it back if it finds the source empty. Back to the pool and out again at once was an eighth of the
-        interpreter's work per such event (`bench/relay_overhead.py --drain 1 --instructions`)."""
+        interpreter's work per such event (`bench/relay_overhead.py --drain 1 --instructions`, 28,087 against
+        24,780 instructions, when the event still read on into the pipe)."""
         try:
             pipe = self.pipe
             if pipe is not None:
