@@ -21,7 +21,10 @@ among them), but 1,434-1,484 packets per Gbit sent in hapair's context
 against 1,143-1,192 in HAProxy's (1,195 against 947 of the 60 KB segments), and 1.9-2.7 ms of user time per
 Gbit against 0.6-1.5. Across rounds the CPU per Gbit follows those packets more than anything the proxy
 does: hapair 21.9 ms per Gbit with 861 packets and 49.8 with 3,517, HAProxy 15.3 with 454 and 29.0 with
-1,149, in one run of this script.
+1,149, in one run of this script. Then hapair stopped reading into a pipe its destination had not drained
+(as HAProxy does), and in batched rounds the packets became HAProxy's: 1,128-1,221 per Gbit against
+1,119-1,186, the CPU per Gbit 0.93-1.09x HAProxy's, what is left of the gap mostly the interpreter's user
+time (1.3-3.2 ms per Gbit against 0.8-1.1).
 
 Needs root and perf (Debian: linux-perf); the rest as bench/proxy_vs_haproxy.py, whose parts it uses.
 """
