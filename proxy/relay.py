@@ -257,18 +257,17 @@ class Direction:
         self.count += moved
         self.spliced += moved
         self.pending = pending
-        if n > 0:
-            if not pending:
-                # Stopped at a limit, the source most likely not empty (it will say so); but if it is,
-                # no event would come to give the pipe back, and an idle session must not hold one.
-                self._release()
-            return
-        if n == _EMPTY:
-            self._release()
-        elif n == 0:
+        if pending:
+            return  # the destination is full: it says when it has room
+        if n == 0:
             self._ended()
-        else:
+        elif n < _EMPTY:  # _SRC_FAILED, _DST_FAILED
             self.session.abort(self.reasons[0 if n == _SRC_FAILED else 1])
+        else:
+            # The source is empty; or a limit was reached, the source most likely not empty (it will say
+            # so), but if it is, no event would come to give the pipe back, and an idle session must not
+            # hold one.
+            self._release()
 
     def flush(self) -> None:
         """Writes what is pending (the destination said it has room). A pipe it empties stays lent unless the
