@@ -90,11 +90,10 @@ def one_round(proxy: b.Proxy, streams: int, duration: int, workdir: Path) -> str
     perf.send_signal(signal.SIGINT)
     counted = read_counts(perf, out)
     gbit = result["gbit"]
-    prompt, batched = (after.get(k, 0) - before.get(k, 0) for k in ("TCPHPHits", "TCPBacklogCoalesce"))
     counts = ", ".join(f"{label} {n / gbit:.0f}" for (label, _, _), n in zip(COUNTS, counted))
     return (f"{proxy.name:15} {result['gbps']:6.2f} Gbit/s  CPU {1000 * (user1 - user0 + system1 - system0) / gbit:5.1f} "
             f"ms/Gbit (user {1000 * (user1 - user0) / gbit:.1f} + system {1000 * (system1 - system0) / gbit:.1f})  "
-            f"prompt {100 * prompt / max(prompt + batched, 1):3.0f}%\n{'':17}per Gbit: {counts}")  # fmt: skip
+            f"prompt {b.prompt_percent(before, after):3.0f}%\n{'':17}per Gbit: {counts}")  # fmt: skip
 
 
 def main() -> int:

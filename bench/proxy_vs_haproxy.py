@@ -525,6 +525,12 @@ def tcp_ext() -> dict[str, int]:
 PROMPT_SHARE = 50.0
 
 
+def prompt_percent(before: dict[str, int], after: dict[str, int]) -> float:
+    """The share of segments taken promptly between two `tcp_ext()` readings (nan if none came)."""
+    prompt, batched = (after.get(k, 0) - before.get(k, 0) for k in ("TCPHPHits", "TCPBacklogCoalesce"))
+    return 100 * prompt / (prompt + batched) if prompt + batched else float("nan")
+
+
 def like_with_like(ours: list[tuple[float, float]], theirs: list[tuple[float, float]]) -> list[str]:
     """Per regime, the median CPU per Gbit of each proxy's rounds in it and their ratio, from each round's
     (CPU ms per Gbit, prompt segments %): the comparison that a median over rounds of mixed regimes
@@ -546,9 +552,8 @@ def bulk(proxy: Proxy, workload: str, streams: int, duration: int) -> dict[str, 
     before = tcp_ext()
     m = measure(proxy, lambda: iperf(proxy.ports[workload], streams, duration))
     after = tcp_ext()
-    prompt, batched = (after.get(k, 0) - before.get(k, 0) for k in ("TCPHPHits", "TCPBacklogCoalesce"))
     return {
-        "prompt segments %": 100 * prompt / (prompt + batched) if prompt + batched else float("nan"),
+        "prompt segments %": prompt_percent(before, after),
         "throughput Gbit/s": m.value["gbps"],
         "proxy CPU ms per Gbit": m.cpu * 1000 / m.value["gbit"] if m.value["gbit"] else float("nan"),
         "proxy CPU busy %": 100 * m.cpu / m.wall,
