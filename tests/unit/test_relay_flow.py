@@ -269,6 +269,21 @@ def test_a_fin_that_came_with_the_data_ends_the_direction_without_another_read(p
         assert not proxied.session.finished
 
 
+def _client_takes(proxied, n: int) -> bytes:
+    """What the client reads, the proxy running between its reads, until it has `n` bytes."""
+    got = bytearray()
+
+    def enough() -> bool:
+        try:
+            got.extend(proxied.client.recv(65536))
+        except BlockingIOError:
+            pass
+        return len(got) >= n
+
+    _poll_until(proxied, enough, limit=100_000)
+    return bytes(got)
+
+
 def _stream(proxied, total: int, then=None) -> bytearray:
     """The server sends `total` bytes of `_PATTERN` (then calls `then`) while the proxy runs and the
     client reads; returns what the client got until it saw the end of the stream (or the proxy stopped)."""
@@ -386,20 +401,11 @@ def test_once_a_slow_client_has_taken_everything_the_pipe_is_back_in_the_pool(pr
         except BlockingIOError:
             break
         proxied.poll()
-    got = 0
-    for _ in range(100_000):
-        if got == sent:
-            break
-        proxied.poll()
-        try:
-            got += len(proxied.client.recv(16384))
-        except BlockingIOError:
-            pass
+    got = _client_takes(proxied, sent)
     down, pool = proxied.session.down, proxied.runtime.pipes
-    assert got == sent > 65536 and down.pipe is None and not down.pending
+    assert len(got) == sent > 65536 and down.pipe is None and not down.pending
     assert len(pool._free) == pool.open, "a pipe is still lent"
     assert not proxied.session.finished
-
 
 
 def test_a_pump_that_stops_at_its_read_limit_with_all_written_holds_no_pipe(proxied):
@@ -416,14 +422,4 @@ def test_a_pump_that_stops_at_its_read_limit_with_all_written_holds_no_pipe(prox
     down.pump(1)  # one read, its limit: it moves the 2,000 bytes and the client takes them all
     assert down.spliced - before == 2000 and not down.pending
     assert down.pipe is None, "the pipe stayed lent"
-    got = bytearray()
-
-    def received() -> bool:
-        try:
-            got.extend(proxied.client.recv(65536))
-        except BlockingIOError:
-            pass
-        return len(got) == 2000
-
-    _poll_until(proxied, received)
-    assert got == b"z" * 2000 and not proxied.session.finished
+    assert _client_takes(proxied, 2000) == b"z" * 2000 and not proxied.session.finished
