@@ -1,0 +1,137 @@
+"""The benchmark's CPU quota (bench/cpuquota.py): which cgroup hierarchy it uses, what it writes there, and,
+as root on a machine with the cpu controller, that a busy process put in it gets no more than its share
+and that closing it leaves no cgroup behind and no process stranded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from cpuquota import CpuQuota, NoCpuController, QuotaError, cpu_hierarchy, quota_name, quota_settings  # noqa: E402
+
+
+def test_cgroup_v2_is_used_when_its_root_offers_the_cpu_controller(tmp_path):
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    assert cpu_hierarchy(tmp_path) == ("v2", tmp_path)
+
+
+def test_cgroup_v2_without_the_cpu_controller_is_a_clear_error(tmp_path):
+    (tmp_path / "cgroup.controllers").write_text("cpuset io memory pids\n")
+    with pytest.raises(NoCpuController, match="cpu controller is not available"):
+        cpu_hierarchy(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["cpu", "cpu,cpuacct"])
+def test_cgroup_v1_is_found_under_either_name_of_its_cpu_hierarchy(tmp_path, name):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpu_hierarchy(tmp_path) == ("v1", tmp_path / name)
+
+
+def test_no_cpu_controller_at_all_is_a_clear_error(tmp_path):
+    (tmp_path / "memory").mkdir()
+    with pytest.raises(NoCpuController, match="no cgroup cpu controller"):
+        cpu_hierarchy(tmp_path)
+
+
+def test_the_quota_is_the_share_of_one_period_in_each_version():
+    assert quota_settings("v2", 50) == {"cpu.max": "2000 4000"}
+    # v1 checks a quota against the period in force: the period goes first.
+    assert list(quota_settings("v1", 50).items()) == [("cpu.cfs_period_us", "4000"), ("cpu.cfs_quota_us", "2000")]
+    assert quota_settings("v2", 100, period_us=20000) == {"cpu.max": "20000 20000"}
+
+
+def test_a_small_share_gets_a_longer_period_rather_than_a_quota_below_the_kernel_s_minimum():
+    assert quota_settings("v2", 25) == {"cpu.max": "1000 4000"}
+    assert quota_settings("v2", 10) == {"cpu.max": "1000 10000"}
+    assert quota_settings("v1", 1) == {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "1000"}
+
+
+def test_on_cgroup_v2_the_cpu_controller_is_enabled_and_the_quota_written_to_cpu_max(tmp_path):
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (tmp_path / "cgroup.subtree_control").write_text("memory pids\n")
+    quota = CpuQuota("bench-a", 25, fs=tmp_path)
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu"
+    assert (tmp_path / "bench-a" / "cpu.max").read_text() == "1000 4000"
+    quota.add([4242])
+    assert (tmp_path / "bench-a" / "cgroup.procs").read_text() == "4242"
+
+
+def test_on_cgroup_v1_the_period_and_the_quota_are_written_in_the_cpu_hierarchy(tmp_path):
+    (tmp_path / "cpu,cpuacct").mkdir()
+    (tmp_path / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("-1\n")
+    quota = CpuQuota("bench-b", 50, fs=tmp_path)
+    assert quota.path == tmp_path / "cpu,cpuacct" / "bench-b"
+    assert (quota.path / "cpu.cfs_period_us").read_text() == "4000"
+    assert (quota.path / "cpu.cfs_quota_us").read_text() == "2000"
+
+
+def test_a_cgroup_of_the_same_name_already_there_is_a_clear_error(tmp_path):
+    (tmp_path / "cgroup.controllers").write_text("cpu\n")
+    (tmp_path / "cgroup.subtree_control").write_text("cpu\n")
+    (tmp_path / "bench-c").mkdir()
+    with pytest.raises(QuotaError, match="cannot make the cgroup"):
+        CpuQuota("bench-c", 25, fs=tmp_path)
+
+
+@pytest.mark.parametrize("percent", [0, -5, 101])
+def test_a_quota_outside_one_cpu_is_refused(percent):
+    with pytest.raises(QuotaError, match="from 1 to 100"):
+        quota_settings("v2", percent)
+
+
+def _real_quota(label: str, percent: int) -> CpuQuota:
+    """A real cgroup, or a skip where the machine has no cpu controller to give (any other failure fails)."""
+    if os.geteuid() != 0:
+        pytest.skip("making cgroups needs root")
+    try:
+        return CpuQuota(quota_name(label), percent)
+    except NoCpuController as e:
+        pytest.skip(f"no cgroup cpu controller here: {e}")
+
+
+def test_a_busy_process_in_the_quota_gets_its_share_and_no_more():
+    quota = _real_quota("test-busy", 20)
+    try:
+        # Bounded: the loop ends by itself after 1.5 s of wall time, whatever CPU it got.
+        busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.monotonic() + 1.5\n"
+                                 "while time.monotonic() < end: pass\n"])  # fmt: skip
+        quota.add([busy.pid])
+        started = time.monotonic()
+        _, status, usage = os.wait4(busy.pid, 0)
+        wall = time.monotonic() - started
+        busy.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        quota.close()
+    assert busy.returncode == 0
+    cpu = usage.ru_utime + usage.ru_stime
+    # Unthrottled it would use all of a CPU for the 1.5 s; held to 20% it uses about 0.3 s.
+    assert 0 < cpu < 0.5 * wall, (cpu, wall)
+    assert not quota.path.exists()
+
+
+def test_closing_the_quota_moves_a_process_still_in_it_back_and_removes_the_cgroup():
+    quota = _real_quota("test-close", 50)
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        quota.add([sleeper.pid])
+        assert quota.pids() == [sleeper.pid]
+        quota.close()
+        assert not quota.path.exists()
+        assert sleeper.poll() is None  # it was moved out, not killed
+        assert quota.path.name not in Path(f"/proc/{sleeper.pid}/cgroup").read_text()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        quota.close()
+
+
+def test_the_cgroup_names_are_this_run_s_own():
+    assert quota_name("hapair") == f"hapair-bench-{os.getpid()}-hapair"
