@@ -2,7 +2,9 @@
 """Where a bulk transfer's proxy CPU goes in the kernel: hapair next to HAProxy with splice, perf counters on
 each proxy's worker while iperf3 runs through it.
 
-    python3 bench/bulk_kernel.py [--streams 8] [--rounds 3] [--duration 4]
+    python3 bench/bulk_kernel.py [--streams 8] [--rounds 3] [--duration 4] [--quota PERCENT]
+
+--quota holds each proxy to that share of one CPU, as bench/proxy_vs_haproxy.py --quota does.
 
 Nine tenths of a bulk transfer's proxy CPU is the kernel's, and on loopback not all of it is the proxy's own
 work: a packet sent on `lo` is received (IP, TCP, the receiving socket's queue, its ACK) in the sender's
@@ -44,6 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import proxy_vs_haproxy as b  # noqa: E402
+from cpuquota import CpuQuota, QuotaError, cpu_hierarchy, quota_name, quota_period  # noqa: E402
 
 #: What is counted, each (label, perf event, filter or None), per Gbit.
 COUNTS = [
@@ -101,9 +104,12 @@ def main() -> int:
     p.add_argument("--streams", type=int, default=8, choices=(1, 8))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=int, default=4)
+    p.add_argument("--quota", type=int, metavar="PERCENT", help="hold each proxy to PERCENT of one CPU")
     args = p.parse_args()
     if not 1 <= args.rounds <= 20 or not 1 <= args.duration <= 60:
         p.error("--rounds runs from 1 to 20, --duration from 1 to 60 seconds")
+    if args.quota is not None and not 1 <= args.quota <= 100:
+        p.error("--quota runs from 1 to 100 (per cent of one CPU)")
     if os.geteuid() != 0:
         print("run as root (perf's tracepoints, and the proxies' descriptors)", file=sys.stderr)
         return 2
@@ -112,13 +118,25 @@ def main() -> int:
         print(f"missing {', '.join(missing)}: run `bash tools/install-deps` (perf: apt install linux-perf)",
               file=sys.stderr)  # fmt: skip
         return 2
+    if args.quota:
+        try:
+            cpu_hierarchy()
+        except QuotaError as e:
+            print(f"--quota: {e}", file=sys.stderr)
+            return 2
     b.raise_nofile()
     workdir = Path(tempfile.mkdtemp(prefix="hapair-bulk-kernel-"))
     procs = b.Processes(workdir)
+    quotas: list[CpuQuota] = []
     try:
         b.start_iperf_server(procs)
         proxies = [b.start_hapair(procs, workdir, 1), b.start_haproxy(procs, workdir, True, 1)]
         time.sleep(2.5)  # the first health checks
+        if args.quota:
+            print(f"each proxy held to {args.quota}% of one CPU ({quota_period(args.quota)})", flush=True)
+            for proxy in proxies:
+                quotas.append(CpuQuota(quota_name(proxy.name), args.quota))
+                quotas[-1].add(b.tree(proxy.pid))
         for round_ in range(args.rounds):
             print(f"round {round_ + 1} of {args.rounds}, {args.streams} stream(s) of {args.duration} s:", flush=True)
             for proxy in proxies:
@@ -129,6 +147,8 @@ def main() -> int:
         return 130
     finally:
         procs.stop_all()
+        for quota in quotas:
+            quota.close()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

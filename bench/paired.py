@@ -16,11 +16,12 @@ Its resolution is a few per cent, not better: three copies of one version (`pair
 daemon keeping a bias of its own that no ordering removes. Repeat a run before trusting a smaller gap.
 
     python3 bench/paired.py REV_OR_DIR ... [--workload bulk1|bulk8|keepalive|newconn ...]
-                                           [--rounds 8] [--duration 4]
+                                           [--rounds 8] [--duration 4] [--quota PERCENT]
 
 A REV_OR_DIR is a directory holding a checkout, or a git revision of this repository (exported with
 `git archive` into the temporary directory). Example: `python3 bench/paired.py HEAD~1 HEAD --workload
-bulk8`. Same machine layout, backends, configuration and clean-up as bench/proxy_vs_haproxy.py, whose
+bulk8`. --quota holds each proxy to that share of one CPU (bench/cpuquota.py), for a comparison where
+the proxy is the bottleneck. Same machine layout, backends, configuration and clean-up as bench/proxy_vs_haproxy.py, whose
 parts it uses; the load runs on CPU 1.
 """
 
@@ -38,6 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import proxy_vs_haproxy as b  # noqa: E402
+from cpuquota import CpuQuota, QuotaError, cpu_hierarchy, quota_name  # noqa: E402
 
 #: Each version's ports: the benchmark's own, shifted by this much times its position (1, 2, ...).
 PORT_STEP = 1000
@@ -118,16 +120,26 @@ def main() -> int:
     p.add_argument("--workload", action="append", choices=sorted(WORKLOADS))
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--duration", type=int, default=4)
+    p.add_argument("--quota", type=int, metavar="PERCENT", help="hold each proxy to PERCENT of one CPU")
     args = p.parse_args()
+    if args.quota is not None and not 1 <= args.quota <= 100:
+        p.error("--quota runs from 1 to 100 (per cent of one CPU)")
     workloads = args.workload or list(WORKLOADS)
     if os.geteuid() != 0:
         print("run as root (nginx binds as root, hapair runs at nice -5, the proxies need many descriptors)",
               file=sys.stderr)  # fmt: skip
         return 2
+    if args.quota:
+        try:
+            cpu_hierarchy()
+        except QuotaError as e:
+            print(f"--quota: {e}", file=sys.stderr)
+            return 2
     b.raise_nofile()
     with tempfile.TemporaryDirectory(prefix="hapair-paired-") as tmp:
         root = Path(tmp)
         procs = b.Processes(root)
+        quotas: list[CpuQuota] = []
         try:
             b.start_iperf_server(procs)
             b.start_nginx(procs, root)
@@ -142,6 +154,10 @@ def main() -> int:
                 proxy = b.start_haproxy(procs, root, splice, 1)
                 proxies[proxy.name] = proxy
             time.sleep(2.5)  # the first health checks
+            if args.quota:
+                for i, proxy in enumerate(proxies.values()):
+                    quotas.append(CpuQuota(quota_name(f"{i}-{proxy.name.split(':')[0]}"), args.quota))
+                    quotas[-1].add(b.tree(proxy.pid))
             samples = {w: {n: [] for n in proxies} for w in workloads}
             for r in range(args.rounds):
                 for workload in workloads:
@@ -156,6 +172,8 @@ def main() -> int:
                 print("\n".join(report(workload, names_here, samples[workload])))
         finally:
             procs.stop_all()
+            for quota in quotas:
+                quota.close()
     return 0
 
 

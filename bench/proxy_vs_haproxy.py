@@ -42,19 +42,25 @@ How:
     its share of prompt segments (TcpExt TCPHPHits against TCPBacklogCoalesce, /proc/net/netstat,
     counted over the whole machine), and then hapair against haproxy-splice regime by regime (the
     median of each proxy's rounds in it): compare rounds of the same regime.
+  * --quota PERCENT: each proxy's processes are put in a cgroup of their own with a CPU quota of PERCENT
+    of one CPU (bench/cpuquota.py), for a run where the proxy is the bottleneck. Without it, bulk
+    throughput is the load generators' (their CPU is 95-97% busy, a proxy's 50-60%), a tie that swings
+    by 15% from round to round; held to the quota, it is what each proxy makes of the CPU it has, and
+    the busy % figures read about PERCENT (less in a round of the cheaper bulk regime, which remains).
   * Both keep source-IP persistence (haproxy: a stick table on src, 60 min, as hapair's services).
     hapair logs one line per session (its design); haproxy is configured without logging.
 
 Run, as root, from the repository (`bash tools/install-deps` installs haproxy, iperf3, wrk, nginx):
 
     python3 bench/proxy_vs_haproxy.py [--duration N] [--rounds N] [--quick] [--keep] [--cores 1|2] [--workers N]
-                                      [--only WORKLOAD ...]
+                                      [--only WORKLOAD ...] [--quota PERCENT]
 
 --duration is the length of each timed workload and round in seconds (default 4), --rounds how many rounds
 (default 3: about 4 minutes in all);
 --quick is a one-minute smoke run (2 s workloads); --keep leaves the temporary directory (configs and
 logs of every process) in place; --workers overrides hapair's worker count (0: the proxy in the supervisor
-process); --only runs the named workloads. The table goes to stdout and to bench/results/proxy-<timestamp>.txt.
+process); --only runs the named workloads; --quota holds each proxy to that share of one CPU (above). The
+table goes to stdout and to bench/results/proxy-<timestamp>.txt.
 Every process the script starts is tracked by PID and stopped in a `finally`, Ctrl-C included.
 """
 
@@ -82,6 +88,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from cpuquota import CpuQuota, QuotaError, cpu_hierarchy, quota_name, quota_period
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -671,7 +679,9 @@ def machine_header(args: argparse.Namespace, idle_count: int) -> list[str]:
         f"parameters: {args.rounds} rounds of {args.duration}s per timed workload (medians), {idle_count} idle "
         f"connections; proxies on CPU "
         f"{CPUS['proxy']} (hapair {args.cores} worker(s), haproxy nbthread {args.cores}), backends and load "
-        f"generators on CPU {CPUS['load']}, load from {args.sources} source address(es)",
+        f"generators on CPU {CPUS['load']}, load from {args.sources} source address(es)"
+        + (f"; each proxy held to {args.quota}% of one CPU (a cgroup CPU quota, {quota_period(args.quota)})"
+           if args.quota else ""),
     ]
 
 
@@ -735,6 +745,7 @@ def hapair_findings(hapair: Proxy, workdir: Path) -> list[str]:
 def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
     procs = Processes(workdir)
     started = time.monotonic()
+    quotas: list[CpuQuota] = []
     try:
         start_iperf_server(procs)
         start_nginx(procs, workdir)
@@ -745,6 +756,9 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
         time.sleep(2.5)  # the first health checks
         for proxy in proxies:
             proxy.rss_start = rss_kib(proxy.pid)
+            if args.quota:  # each proxy a cgroup of its own: the same share of a CPU for each
+                quotas.append(CpuQuota(quota_name(proxy.name), args.quota))
+                quotas[-1].add(tree(proxy.pid))
         d = args.duration
         plan = [  # idle first: on fresh proxies (see the docstring)
             ("idle memory", lambda p: idle(procs, p, args.connections)),
@@ -810,6 +824,8 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         procs.stop_all()
+        for quota in quotas:
+            quota.close()
 
 
 # --- the helper roles (this script run again, pinned to the load CPU) --------------------------------
@@ -874,6 +890,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run only this workload (repeatable)")
     p.add_argument("--workers", type=int, help="hapair's worker processes (default: --cores; 0: the proxy in the "
                                                 "supervisor process)")
+    p.add_argument("--quota", type=int, metavar="PERCENT",
+                   help="hold each proxy (all its processes) to PERCENT of one CPU with a cgroup CPU quota, so "
+                        "that the proxy, not the load generators, is the bottleneck (bench/cpuquota.py)")
     p.add_argument("--role", choices=("holder", "client"), help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, help=argparse.SUPPRESS)
@@ -884,6 +903,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--rounds runs from 1 to 20")
     if not 1 <= args.duration <= 120:
         p.error("--duration runs from 1 to 120 seconds")
+    if args.quota is not None and not 1 <= args.quota <= 100:
+        p.error("--quota runs from 1 to 100 (per cent of one CPU)")
     if not 1 <= args.connections <= 9000:
         p.error("--connections runs from 1 to 9000 (two descriptors each within the 20000 limit)")
     return args
@@ -907,6 +928,12 @@ def main() -> int:
     if (os.cpu_count() or 1) < 2:
         print("needs two CPUs: the proxy on CPU 0, everything else on CPU 1", file=sys.stderr)
         return 2
+    if args.quota:
+        try:
+            cpu_hierarchy()
+        except QuotaError as e:
+            print(f"--quota: {e}", file=sys.stderr)
+            return 2
     raise_nofile()
     if args.cores == 2:
         CPUS.update(proxy="0,1", load="0,1")
@@ -923,6 +950,9 @@ def main() -> int:
         if args.sources > 1:
             build_srcspread(workdir, args.sources)
         report = run_benchmark(args, workdir)
+    except QuotaError as e:
+        print(f"--quota: {e}", file=sys.stderr)
+        return 2
     except (KeyboardInterrupt, Interrupted):
         print("interrupted; everything started was stopped", file=sys.stderr)
         return 130
