@@ -40,10 +40,15 @@ RD = IN | RDHUP
 MAX_ATTEMPTS = 3
 #: Reads per event for a direction carrying bulk traffic, while each moves bytes and is written whole,
 #: and the bytes those reads may move: the fewer wake-ups per byte, the less CPU per byte (16 reads cost
-#: 0.9x the CPU per Gbit of 4 with 8 streams), while 2 MiB at a time (about 1 ms) keeps one bulk transfer
-#: from holding up the other sessions of the process.
+#: 0.9x the CPU per Gbit of 4 with 8 streams), while a bound keeps one bulk transfer from holding up the
+#: other sessions of the process for long. 8 MiB is about 2 ms of CPU, and about what one of HAProxy's
+#: reads moves (into a 1 MiB pipe, whose slots hold 6.6 MB of bulk data). A proxy that is the
+#: bottleneck (held to 25% of a CPU, bench/paired.py --quota 25) finds its sockets' backlogs bigger
+#: than that, and with 2 MiB it paid 1.38-1.51x the CPU per Gbit of 8 MiB with 8 streams (1.02-1.12x
+#: with one), for the wake-ups the rest of each backlog waited for; unthrottled, the two were within the
+#: noise of each other (0.85-1.22x with 8 streams, 0.98-1.01x with one).
 BULK_READS = 16
-BULK_BYTES = 1 << 21
+BULK_BYTES = 8 << 20
 #: Bytes read per event when copying; a read that fills it marks a direction as bulk (splice from then on).
 COPY_CHUNK = 32768
 #: The one copy buffer: the process is single-threaded and a copying read is written out before the next.

@@ -423,3 +423,27 @@ def test_a_pump_that_stops_at_its_read_limit_with_all_written_holds_no_pipe(prox
     assert down.spliced - before == 2000 and not down.pending
     assert down.pipe is None, "the pipe stayed lent"
     assert _client_takes(proxied, 2000) == b"z" * 2000 and not proxied.session.finished
+
+
+def test_one_event_moves_at_most_bulk_bytes_and_leaves_the_rest_for_the_next(proxied, monkeypatch):
+    # A source with more than BULK_BYTES waiting is read up to BULK_BYTES per event, not until it is empty:
+    # the loop turns, and the other sessions of the process get their go. (A stand-in splice: each read
+    # moves all it is offered until four budgets' worth have gone, each write takes all.)
+    _make_splicing(proxied)
+    down = proxied.session.down
+    left = [4 * relay.BULK_BYTES]
+
+    def backlog(src, dst, n, *args):
+        if src == proxied.session.sfd:
+            if not left[0]:
+                raise BlockingIOError(11, "empty")
+            n = min(n, left[0])
+            left[0] -= n
+        return n
+
+    monkeypatch.setattr(relay, "_splice", backlog)
+    before = down.spliced
+    down.pump(1 << 30)  # no read limit to speak of: only the byte budget stops it
+    moved = down.spliced - before
+    assert relay.BULK_BYTES <= moved < relay.BULK_BYTES + down.session.runtime.pipes.size
+    assert not down.pending and down.pipe is None and not proxied.session.finished
