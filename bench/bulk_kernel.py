@@ -46,7 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import proxy_vs_haproxy as b  # noqa: E402
-from cpuquota import CpuQuota, QuotaError, cpu_hierarchy, quota_name, quota_period  # noqa: E402
+from cpuquota import CpuQuota, quota_name, quota_period, quota_problem  # noqa: E402
 
 #: What is counted, each (label, perf event, filter or None), per Gbit.
 COUNTS = [
@@ -118,12 +118,10 @@ def main() -> int:
         print(f"missing {', '.join(missing)}: run `bash tools/install-deps` (perf: apt install linux-perf)",
               file=sys.stderr)  # fmt: skip
         return 2
-    if args.quota:
-        try:
-            cpu_hierarchy()
-        except QuotaError as e:
-            print(f"--quota: {e}", file=sys.stderr)
-            return 2
+    problem = quota_problem(args.quota)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     b.raise_nofile()
     workdir = Path(tempfile.mkdtemp(prefix="hapair-bulk-kernel-"))
     procs = b.Processes(workdir)

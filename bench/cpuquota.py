@@ -52,6 +52,19 @@ def cpu_hierarchy(fs: Path = CGROUP_FS) -> tuple[str, Path]:
     raise NoCpuController(f"no cgroup cpu controller with CFS bandwidth control under {fs}")
 
 
+def quota_problem(percent: int | None) -> str | None:
+    """Why a --quota of `percent` cannot be had here (None: it can, or none was asked for), for a benchmark
+    to say before it starts anything."""
+    if not percent:
+        return None
+    try:
+        quota_settings("v2", percent)
+        cpu_hierarchy()
+    except QuotaError as e:
+        return f"--quota: {e}"
+    return None
+
+
 def quota_settings(version: str, percent: int, period_us: int = PERIOD_US) -> dict[str, str]:
     """The files a cgroup of `version` is given to hold its processes to `percent` of one CPU, in the order
     they are written (v1 checks the quota against the period it has at the time). The period is

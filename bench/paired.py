@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import proxy_vs_haproxy as b  # noqa: E402
-from cpuquota import CpuQuota, QuotaError, cpu_hierarchy, quota_name  # noqa: E402
+from cpuquota import CpuQuota, quota_name, quota_problem  # noqa: E402
 
 #: Each version's ports: the benchmark's own, shifted by this much times its position (1, 2, ...).
 PORT_STEP = 1000
@@ -129,12 +129,10 @@ def main() -> int:
         print("run as root (nginx binds as root, hapair runs at nice -5, the proxies need many descriptors)",
               file=sys.stderr)  # fmt: skip
         return 2
-    if args.quota:
-        try:
-            cpu_hierarchy()
-        except QuotaError as e:
-            print(f"--quota: {e}", file=sys.stderr)
-            return 2
+    problem = quota_problem(args.quota)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     b.raise_nofile()
     with tempfile.TemporaryDirectory(prefix="hapair-paired-") as tmp:
         root = Path(tmp)

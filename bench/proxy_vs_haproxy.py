@@ -89,7 +89,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cpuquota import CpuQuota, QuotaError, cpu_hierarchy, quota_name, quota_period
+from cpuquota import CpuQuota, QuotaError, quota_name, quota_period, quota_problem
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -928,12 +928,10 @@ def main() -> int:
     if (os.cpu_count() or 1) < 2:
         print("needs two CPUs: the proxy on CPU 0, everything else on CPU 1", file=sys.stderr)
         return 2
-    if args.quota:
-        try:
-            cpu_hierarchy()
-        except QuotaError as e:
-            print(f"--quota: {e}", file=sys.stderr)
-            return 2
+    problem = quota_problem(args.quota)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     raise_nofile()
     if args.cores == 2:
         CPUS.update(proxy="0,1", load="0,1")

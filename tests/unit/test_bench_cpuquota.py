@@ -14,7 +14,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from cpuquota import CpuQuota, NoCpuController, QuotaError, cpu_hierarchy, quota_name, quota_settings  # noqa: E402
+from cpuquota import (  # noqa: E402
+    CpuQuota, NoCpuController, QuotaError, cpu_hierarchy, quota_name, quota_problem, quota_settings)
 
 
 def test_cgroup_v2_is_used_when_its_root_offers_the_cpu_controller(tmp_path):
@@ -135,3 +136,13 @@ def test_closing_the_quota_moves_a_process_still_in_it_back_and_removes_the_cgro
 
 def test_the_cgroup_names_are_this_run_s_own():
     assert quota_name("hapair") == f"hapair-bench-{os.getpid()}-hapair"
+
+
+def test_a_benchmark_is_told_before_it_starts_why_its_quota_cannot_be_had(tmp_path, monkeypatch):
+    import cpuquota
+
+    assert quota_problem(None) is None and quota_problem(0) is None  # none asked for
+    assert quota_problem(150).startswith("--quota: a CPU quota runs from 1 to 100")
+    monkeypatch.setattr(cpuquota, "CGROUP_FS", tmp_path)  # a machine without a cpu controller
+    monkeypatch.setattr(cpuquota.cpu_hierarchy, "__defaults__", (tmp_path,))
+    assert "no cgroup cpu controller" in quota_problem(25)
