@@ -14,14 +14,15 @@ it counts in the benchmark's CPU figures.
 A quota is not a slower CPU: the proxy runs for its quota, then stops until the period ends, while its
 senders' data piles up. The period is kept short (4 ms; longer only where the quota would fall below
 the kernel's 1 ms minimum) so that each stop is short. The regimes of bulk transfers on loopback remain
-(bench/proxy_vs_haproxy.py explains them): held to 25%, one stream stayed in one regime and within 10%
-from round to round for either proxy, but 8 streams ran at 11-16 ms per Gbit in some rounds and 41-59
-in others, either proxy, not using all of its quota in the cheaper regime. Compare 8 streams like with
-like (the benchmark's notes).
+(bench/proxy_vs_haproxy.py explains them): held to 25%, one stream stayed in one regime in every
+round for either proxy (its rounds within about 20% of each other), but 8 streams ran at 11-16 ms per
+Gbit in some rounds and 41-59 in others, either proxy, not using all of its quota in the cheaper
+regime. Compare 8 streams like with like (the benchmark's notes).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -36,30 +37,37 @@ class QuotaError(RuntimeError):
     pass
 
 
-class NoCpuController(QuotaError):
-    """This machine (or container) gives no cgroup cpu controller to put a quota in."""
+class QuotaUnavailable(QuotaError):
+    """This machine (or container) gives this process no cgroup cpu controller to put a quota in: none
+    there, one it may not enable (EBUSY where the cgroup holds processes), or a cgroup file system it
+    may not write (read-only, as containers often mount it)."""
+
+
+#: errno values that say a cgroup cannot be made here at all, rather than that something went wrong.
+_UNAVAILABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.EBUSY}
+#: The parents whose cpu controller a CpuQuota enabled, to be disabled again once their last one closes.
+_ENABLED: set[Path] = set()
 
 
 def cpu_hierarchy(fs: Path = CGROUP_FS) -> tuple[str, Path]:
     """Which cgroup version holds the cpu controller here, and the directory new cgroups go in."""
     if (fs / "cgroup.controllers").exists():
         if "cpu" not in (fs / "cgroup.controllers").read_text().split():
-            raise NoCpuController(f"the cpu controller is not available in {fs} (cgroup.controllers)")
+            raise QuotaUnavailable(f"the cpu controller is not available in {fs} (cgroup.controllers)")
         return "v2", fs
     for name in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
         if (fs / name / "cpu.cfs_quota_us").exists():
             return "v1", fs / name
-    raise NoCpuController(f"no cgroup cpu controller with CFS bandwidth control under {fs}")
+    raise QuotaUnavailable(f"no cgroup cpu controller with CFS bandwidth control under {fs}")
 
 
-def quota_problem(percent: int | None) -> str | None:
+def quota_problem(percent: int | None, fs: Path = CGROUP_FS) -> str | None:
     """Why a --quota of `percent` cannot be had here (None: it can, or none was asked for), for a benchmark
-    to say before it starts anything."""
+    to say before it starts anything: a trial cgroup is made and removed, which is the only sure test."""
     if not percent:
         return None
     try:
-        quota_settings("v2", percent)
-        cpu_hierarchy()
+        CpuQuota(quota_name("probe"), percent, fs).close()
     except QuotaError as e:
         return f"--quota: {e}"
     return None
@@ -89,6 +97,7 @@ class CpuQuota:
     """One cgroup, `percent` of one CPU for all the processes put in it (and the children they fork)."""
 
     def __init__(self, name: str, percent: int, fs: Path = CGROUP_FS):
+        quota_settings("v2", percent)  # a bad share is refused before anything is looked at
         self.version, self.parent = cpu_hierarchy(fs)
         settings = quota_settings(self.version, percent)
         self.percent = percent
@@ -99,18 +108,21 @@ class CpuQuota:
                 try:
                     control.write_text("+cpu")
                 except OSError as e:
-                    # EBUSY in a container whose cgroup holds processes ("no internal processes").
-                    raise NoCpuController(f"cannot enable the cpu controller in {control}: {e.strerror}") from e
+                    raise QuotaUnavailable(f"cannot enable the cpu controller in {control}: {e.strerror}") from e
+                _ENABLED.add(self.parent)
         try:
             self.path.mkdir()
         except OSError as e:
-            raise QuotaError(f"cannot make the cgroup {self.path}: {e.strerror}") from e
+            kind = QuotaUnavailable if e.errno in _UNAVAILABLE else QuotaError
+            raise kind(f"cannot make the cgroup {self.path}: {e.strerror}") from e
         try:
             for file, value in settings.items():
                 (self.path / file).write_text(value)
-        except OSError as e:
+        except BaseException as e:  # Ctrl-C included: the directory made must not stay
             self.close()
-            raise QuotaError(f"cannot set {self.path / file} to {value}: {e.strerror}") from e
+            if isinstance(e, OSError):
+                raise QuotaError(f"cannot set {self.path / file} to {value}: {e.strerror}") from e
+            raise
 
     def add(self, pids: list[int]) -> None:
         for pid in pids:
@@ -120,21 +132,42 @@ class CpuQuota:
         return [int(line) for line in (self.path / "cgroup.procs").read_text().split()]
 
     def close(self) -> None:
-        """Removes the cgroup; a process still in it (one that would not stop) goes back to the parent."""
-        if not self.path.exists():
-            return
-        for pid in self.pids():
+        """Removes the cgroup. A process still in it (one that would not stop, or forked meanwhile) is moved
+        to the parent cgroup first; and the parent's cpu controller, if a CpuQuota enabled it, is disabled
+        again once no cgroup under it uses it."""
+        if self.path.exists():
+            for _ in range(50):  # a process that just exited leaves its cgroup a moment later
+                for pid in self.pids():
+                    try:
+                        (self.parent / "cgroup.procs").write_text(str(pid))
+                    except ProcessLookupError:
+                        pass  # it exited meanwhile
+                try:
+                    self.path.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.02)
+            else:
+                raise QuotaError(f"cannot remove the cgroup {self.path}")
+        if self.parent in _ENABLED:
             try:
-                (self.parent / "cgroup.procs").write_text(str(pid))
+                (self.parent / "cgroup.subtree_control").write_text("-cpu")
+                _ENABLED.discard(self.parent)
             except OSError:
-                pass  # it exited meanwhile
-        for _ in range(50):  # a process that just exited leaves its cgroup a moment later
-            try:
-                self.path.rmdir()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise QuotaError(f"cannot remove the cgroup {self.path}")
+                pass  # another quota under it still uses it: the last one to close disables it
+
+
+def close_all(quotas: list[CpuQuota]) -> None:
+    """Closes every quota, each even if another one failed to; then raises the first failure."""
+    failure = None
+    for quota in quotas:
+        try:
+            quota.close()
+        except QuotaError as e:
+            failure = failure or e
+    quotas.clear()
+    if failure is not None:
+        raise failure
 
 
 def quota_name(label: str) -> str:

@@ -89,7 +89,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cpuquota import CpuQuota, QuotaError, quota_name, quota_period, quota_problem
+from cpuquota import CpuQuota, QuotaError, close_all, quota_name, quota_period, quota_problem
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -823,9 +823,10 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        procs.stop_all()
-        for quota in quotas:
-            quota.close()
+        try:
+            procs.stop_all()
+        finally:
+            close_all(quotas)
 
 
 # --- the helper roles (this script run again, pinned to the load CPU) --------------------------------
