@@ -15,20 +15,22 @@ Its resolution is a few per cent, not better: three copies of one version (`pair
 8 rounds of 3 s) differed by up to 3% in CPU per new connection and 7% per keep-alive request, each
 daemon keeping a bias of its own that no ordering removes. Repeat a run before trusting a smaller gap.
 
-    python3 bench/paired.py REV_OR_DIR ... [--workload bulk1|bulk8|keepalive|newconn ...]
+    python3 bench/paired.py REV_OR_DIR ... [--workload bulk1|bulk8|keepalive|newconn|keepalive+bulk8 ...]
                                            [--rounds 8] [--duration 4] [--quota PERCENT]
 
 A REV_OR_DIR is a directory holding a checkout, or a git revision of this repository (exported with
 `git archive` into the temporary directory). Example: `python3 bench/paired.py HEAD~1 HEAD --workload
 bulk8`. --quota holds each proxy to that share of one CPU (bench/cpuquota.py), for a comparison where
-the proxy is the bottleneck. Same machine layout, backends, configuration and clean-up as bench/proxy_vs_haproxy.py, whose
-parts it uses; the load runs on CPU 1.
+the proxy is the bottleneck. keepalive+bulk8 measures keep-alive requests through a proxy that carries 8
+bulk streams meanwhile (its CPU figures include the bulk). Same machine layout, backends, configuration
+and clean-up as bench/proxy_vs_haproxy.py, whose parts it uses; the load runs on CPU 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -39,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import proxy_vs_haproxy as b  # noqa: E402
-from cpuquota import CpuQuota, quota_name, quota_problem  # noqa: E402
+from cpuquota import CpuQuota, QuotaError, close_all, quota_name, quota_period, quota_problem  # noqa: E402
 
 #: Each version's ports: the benchmark's own, shifted by this much times its position (1, 2, ...).
 PORT_STEP = 1000
@@ -49,7 +51,12 @@ WORKLOADS = {
     "bulk8": ("Gbit", "haproxy-splice"),
     "keepalive": ("request", "haproxy"),
     "newconn": ("connection", "haproxy"),
+    # Keep-alive requests through a proxy that carries 8 bulk streams meanwhile: what a bulk transfer's
+    # share of the loop (BULK_BYTES per event) costs the other sessions. Its CPU figures include the bulk.
+    "keepalive+bulk8": ("request", "haproxy-splice"),
 }
+#: Seconds the bulk streams of keepalive+bulk8 run before wrk starts (and after it ends).
+MIXED_LEAD = 1.5
 
 
 def checkout(spec: str, into: Path) -> Path:
@@ -79,10 +86,20 @@ def run_once(proxy: b.Proxy, workload: str, duration: int) -> tuple[float, float
     """(units moved, rate, user seconds, system seconds, p99 latency in ms or 0 for bulk) of one slice of
     `workload` through `proxy`."""
     u0, s0 = b.user_system_seconds(proxy.pid)
-    port = proxy.ports[workload]
+    port = proxy.ports.get(workload)
     if workload.startswith("bulk"):
         out = b.iperf(port, 1 if workload == "bulk1" else 8, duration)
         units, rate, p99 = out["gbit"], out["gbps"], 0.0
+    elif workload == "keepalive+bulk8":
+        argv = ["taskset", "-c", b.CPUS["load"], "iperf3", "-c", b.HOST, "-p", str(proxy.ports["bulk8"]), "-P", "8",
+                "-t", str(int(duration + 2 * MIXED_LEAD + 1)), "--connect-timeout", "5000"]  # fmt: skip
+        bulk = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(MIXED_LEAD)
+            out = b.wrk(proxy.ports["keepalive"], duration, False)
+        finally:
+            bulk.wait(duration + 30)
+        units, rate, p99 = out["requests"], out["rate"], out["p99"]
     else:
         out = b.wrk(port, duration, workload == "newconn")
         units, rate, p99 = out["requests"], out["rate"], out["p99"]
@@ -165,13 +182,20 @@ def main() -> int:
                         samples[workload][name].append(run_once(proxies[name], workload, args.duration))
                         time.sleep(b.SETTLE)
                 print(f"round {r + 1} of {args.rounds} done", file=sys.stderr)
+            if args.quota:
+                print(f"each proxy held to {args.quota}% of one CPU ({quota_period(args.quota)})")
             for workload in workloads:
                 names_here = [*names, WORKLOADS[workload][1]]
                 print("\n".join(report(workload, names_here, samples[workload])))
+        except QuotaError as e:
+            print(f"--quota: {e}", file=sys.stderr)
+            return 2
         finally:
-            procs.stop_all()
-            for quota in quotas:
-                quota.close()
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+            try:
+                procs.stop_all()
+            finally:
+                close_all(quotas)
     return 0
 
 

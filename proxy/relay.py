@@ -42,11 +42,13 @@ MAX_ATTEMPTS = 3
 #: and the bytes those reads may move: the fewer wake-ups per byte, the less CPU per byte (16 reads cost
 #: 0.9x the CPU per Gbit of 4 with 8 streams), while a bound keeps one bulk transfer from holding up the
 #: other sessions of the process for long. 8 MiB is about 2 ms of CPU, and about what one of HAProxy's
-#: reads moves (into a 1 MiB pipe, whose slots hold 6.6 MB of bulk data). A proxy that is the
-#: bottleneck (held to 25% of a CPU, bench/paired.py --quota 25) finds its sockets' backlogs bigger
-#: than that, and with 2 MiB it paid 1.38-1.51x the CPU per Gbit of 8 MiB with 8 streams (1.02-1.12x
-#: with one), for the wake-ups the rest of each backlog waited for; unthrottled, the two were within the
-#: noise of each other (0.85-1.22x with 8 streams, 0.98-1.01x with one).
+#: reads moves (into a 1 MiB pipe, whose slots hold 6.6 MB of bulk data). In paired runs with the proxy
+#: the bottleneck (held to 25% of a CPU, bench/paired.py --quota 25), 2 MiB cost 1.38-1.51x the CPU per
+#: Gbit of 8 MiB with 8 streams (1.02-1.12x with one); unthrottled, the two were within the noise of each
+#: other (0.85-1.22x with 8 streams, 0.98-1.01x with one). The cost to the other sessions was not clear
+#: either way: keep-alive requests through a worker carrying 8 bulk streams (paired.py --workload
+#: keepalive+bulk8, three runs) had 1.54x, 1.24x and 0.90x the p99 with 8 MiB as with 2, and
+#: haproxy-splice's p99 ranged from 0.5x to 2.1x of hapair's.
 BULK_READS = 16
 BULK_BYTES = 8 << 20
 #: Bytes read per event when copying; a read that fills it marks a direction as bulk (splice from then on).

@@ -447,3 +447,6 @@ def test_one_event_moves_at_most_bulk_bytes_and_leaves_the_rest_for_the_next(pro
     moved = down.spliced - before
     assert relay.BULK_BYTES <= moved < relay.BULK_BYTES + down.session.runtime.pipes.size
     assert not down.pending and down.pipe is None and not proxied.session.finished
+    assert proxied.session.smask & relay.RD, "the server is still watched for the rest"
+    down.pump(1 << 30)  # the next event takes the next budget's worth
+    assert down.spliced - before - moved >= relay.BULK_BYTES
