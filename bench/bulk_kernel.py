@@ -46,7 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import proxy_vs_haproxy as b  # noqa: E402
-from cpuquota import CpuQuota, QuotaError, close_all, quota_name, quota_period, quota_problem  # noqa: E402
+from cpuquota import CpuQuota, QuotaError, quota_name, quota_period, quota_problem  # noqa: E402
 
 #: What is counted, each (label, perf event, filter or None), per Gbit.
 COUNTS = [
@@ -147,12 +147,10 @@ def main() -> int:
         print(f"--quota: {e}", file=sys.stderr)
         return 2
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         try:
-            procs.stop_all()
+            b.clean_up(procs, quotas)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-            close_all(quotas)
     return 0
 
 

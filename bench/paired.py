@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import proxy_vs_haproxy as b  # noqa: E402
-from cpuquota import CpuQuota, QuotaError, close_all, quota_name, quota_period, quota_problem  # noqa: E402
+from cpuquota import CpuQuota, QuotaError, quota_name, quota_period, quota_problem  # noqa: E402
 
 #: Each version's ports: the benchmark's own, shifted by this much times its position (1, 2, ...).
 PORT_STEP = 1000
@@ -191,11 +190,7 @@ def main() -> int:
             print(f"--quota: {e}", file=sys.stderr)
             return 2
         finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-            try:
-                procs.stop_all()
-            finally:
-                close_all(quotas)
+            b.clean_up(procs, quotas)
     return 0
 
 

@@ -821,12 +821,17 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
         return [*machine_header(args, args.connections), "", *table(results, [w for w, _ in plan]), "", "notes:",
                 *[f"  {n}" for n in notes]]  # fmt: skip
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            procs.stop_all()
-        finally:
-            close_all(quotas)
+        clean_up(procs, quotas)
+
+
+def clean_up(procs: Processes, quotas: list[CpuQuota]) -> None:
+    """Stops every process a benchmark started, then removes its quota cgroups, whatever fails."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        procs.stop_all()
+    finally:
+        close_all(quotas)
 
 
 # --- the helper roles (this script run again, pinned to the load CPU) --------------------------------
