@@ -185,8 +185,9 @@ def main() -> int:
                         except b.BenchError as e:
                             # Seen once in some fifteen runs under --quota: iperf3 "unable to receive control
                             # message: Connection reset by peer", which is what its server's refusal of a test
-                            # looks like while it still winds up the one before (it closes the new control
-                            # connection unread); which proxy the slice went through was not recorded.
+                            # looks like while it is busy with another connection (it closes the new one
+                            # unread). Every proxy's health check connects to it every 2 s, and iperf3 takes
+                            # each for a test ("unable to receive parameters from client" in its log).
                             print(f"{workload} through {name} failed ({e}); once more in {RETRY_PAUSE:g} s",
                                   file=sys.stderr)  # fmt: skip
                             time.sleep(RETRY_PAUSE)
