@@ -46,7 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import proxy_vs_haproxy as b  # noqa: E402
-from cpuquota import CpuQuota, QuotaError, quota_name, quota_period, quota_problem  # noqa: E402
+from cpuquota import CpuQuota, QuotaError, add_quota_option, hold, quota_period, quota_problem  # noqa: E402
 
 #: What is counted, each (label, perf event, filter or None), per Gbit.
 COUNTS = [
@@ -104,12 +104,10 @@ def main() -> int:
     p.add_argument("--streams", type=int, default=8, choices=(1, 8))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=int, default=4)
-    p.add_argument("--quota", type=int, metavar="PERCENT", help="hold each proxy to PERCENT of one CPU")
+    add_quota_option(p)
     args = p.parse_args()
     if not 1 <= args.rounds <= 20 or not 1 <= args.duration <= 60:
         p.error("--rounds runs from 1 to 20, --duration from 1 to 60 seconds")
-    if args.quota is not None and not 1 <= args.quota <= 100:
-        p.error("--quota runs from 1 to 100 (per cent of one CPU)")
     if os.geteuid() != 0:
         print("run as root (perf's tracepoints, and the proxies' descriptors)", file=sys.stderr)
         return 2
@@ -133,8 +131,7 @@ def main() -> int:
         if args.quota:
             print(f"each proxy held to {args.quota}% of one CPU ({quota_period(args.quota)})", flush=True)
             for proxy in proxies:
-                quotas.append(CpuQuota(quota_name(proxy.name), args.quota))
-                quotas[-1].add(b.tree(proxy.pid))
+                hold(quotas, proxy.name, args.quota, b.tree(proxy.pid))
         for round_ in range(args.rounds):
             print(f"round {round_ + 1} of {args.rounds}, {args.streams} stream(s) of {args.duration} s:", flush=True)
             for proxy in proxies:

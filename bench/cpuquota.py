@@ -22,6 +22,7 @@ regime. Compare 8 streams like with like (the benchmark's notes).
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import time
@@ -168,6 +169,28 @@ def close_all(quotas: list[CpuQuota]) -> None:
     quotas.clear()
     if failure is not None:
         raise failure
+
+
+def hold(quotas: list[CpuQuota], label: str, percent: int, pids: list[int]) -> None:
+    """Puts `pids` in a quota of their own, listed in `quotas` before they are added, so that a clean-up
+    of `quotas` removes it whatever fails next."""
+    quotas.append(CpuQuota(quota_name(label), percent))
+    quotas[-1].add(pids)
+
+
+def _percent(text: str) -> int:
+    try:
+        percent = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of per cent: {text!r}") from None
+    if not 1 <= percent <= 100:
+        raise argparse.ArgumentTypeError(f"runs from 1 to 100 (per cent of one CPU), not {percent}")
+    return percent
+
+
+def add_quota_option(parser: argparse.ArgumentParser, help: str = "hold each proxy to PERCENT of one CPU") -> None:
+    """The --quota PERCENT option the benchmarks share; argparse refuses a share outside 1-100."""
+    parser.add_argument("--quota", type=_percent, metavar="PERCENT", help=help)
 
 
 def quota_name(label: str) -> str:

@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import proxy_vs_haproxy as b  # noqa: E402
-from cpuquota import CpuQuota, QuotaError, quota_name, quota_period, quota_problem  # noqa: E402
+from cpuquota import CpuQuota, QuotaError, add_quota_option, hold, quota_period, quota_problem  # noqa: E402
 
 #: Each version's ports: the benchmark's own, shifted by this much times its position (1, 2, ...).
 PORT_STEP = 1000
@@ -138,10 +138,8 @@ def main() -> int:
     p.add_argument("--workload", action="append", choices=sorted(WORKLOADS))
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--duration", type=int, default=4)
-    p.add_argument("--quota", type=int, metavar="PERCENT", help="hold each proxy to PERCENT of one CPU")
+    add_quota_option(p)
     args = p.parse_args()
-    if args.quota is not None and not 1 <= args.quota <= 100:
-        p.error("--quota runs from 1 to 100 (per cent of one CPU)")
     workloads = args.workload or list(WORKLOADS)
     if os.geteuid() != 0:
         print("run as root (nginx binds as root, hapair runs at nice -5, the proxies need many descriptors)",
@@ -172,8 +170,7 @@ def main() -> int:
             time.sleep(2.5)  # the first health checks
             if args.quota:
                 for i, proxy in enumerate(proxies.values()):
-                    quotas.append(CpuQuota(quota_name(f"{i}-{proxy.name.split(':')[0]}"), args.quota))
-                    quotas[-1].add(b.tree(proxy.pid))
+                    hold(quotas, f"{i}-{proxy.name.split(':')[0]}", args.quota, b.tree(proxy.pid))
             samples = {w: {n: [] for n in proxies} for w in workloads}
             for r in range(args.rounds):
                 for workload in workloads:

@@ -89,7 +89,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cpuquota import CpuQuota, QuotaError, close_all, quota_name, quota_period, quota_problem
+from cpuquota import CpuQuota, QuotaError, add_quota_option, close_all, hold, quota_period, quota_problem
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -757,8 +757,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
         for proxy in proxies:
             proxy.rss_start = rss_kib(proxy.pid)
             if args.quota:  # each proxy a cgroup of its own: the same share of a CPU for each
-                quotas.append(CpuQuota(quota_name(proxy.name), args.quota))
-                quotas[-1].add(tree(proxy.pid))
+                hold(quotas, proxy.name, args.quota, tree(proxy.pid))
         d = args.duration
         plan = [  # idle first: on fresh proxies (see the docstring)
             ("idle memory", lambda p: idle(procs, p, args.connections)),
@@ -896,8 +895,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run only this workload (repeatable)")
     p.add_argument("--workers", type=int, help="hapair's worker processes (default: --cores; 0: the proxy in the "
                                                 "supervisor process)")
-    p.add_argument("--quota", type=int, metavar="PERCENT",
-                   help="hold each proxy (all its processes) to PERCENT of one CPU with a cgroup CPU quota, so "
+    add_quota_option(p, "hold each proxy (all its processes) to PERCENT of one CPU with a cgroup CPU quota, so "
                         "that the proxy, not the load generators, is the bottleneck (bench/cpuquota.py)")
     p.add_argument("--role", choices=("holder", "client"), help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -909,8 +907,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--rounds runs from 1 to 20")
     if not 1 <= args.duration <= 120:
         p.error("--duration runs from 1 to 120 seconds")
-    if args.quota is not None and not 1 <= args.quota <= 100:
-        p.error("--quota runs from 1 to 100 (per cent of one CPU)")
     if not 1 <= args.connections <= 9000:
         p.error("--connections runs from 1 to 9000 (two descriptors each within the 20000 limit)")
     return args

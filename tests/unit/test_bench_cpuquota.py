@@ -4,6 +4,7 @@ and that closing it leaves no cgroup behind and no process stranded."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from cpuquota import (  # noqa: E402
-    CpuQuota, QuotaError, QuotaUnavailable, close_all, cpu_hierarchy, quota_name, quota_problem, quota_settings)
+    CpuQuota, QuotaError, QuotaUnavailable, add_quota_option, close_all, cpu_hierarchy, hold, quota_name, quota_problem,
+    quota_settings)
 
 
 def test_cgroup_v2_is_used_when_its_root_offers_the_cpu_controller(tmp_path):
@@ -177,3 +179,24 @@ def test_the_trial_cgroup_of_a_quota_check_is_removed():
     assert quota_problem(25) is None
     _, parent = cpu_hierarchy()
     assert not (parent / quota_name("probe")).exists()
+
+
+@pytest.mark.parametrize("value", ["0", "101", "-5", "half"])
+def test_the_quota_option_refuses_a_share_outside_one_cpu(value, capsys):
+    parser = argparse.ArgumentParser()
+    add_quota_option(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--quota", value])
+    assert "--quota" in capsys.readouterr().err
+    assert parser.parse_args(["--quota", "25"]).quota == 25 and parser.parse_args([]).quota is None
+
+
+def test_a_quota_whose_processes_cannot_be_added_is_still_listed_for_clean_up():
+    _real_quota("test-hold", 25).close()  # (skips where no quota can be had)
+    quotas: list[CpuQuota] = []
+    with pytest.raises(OSError):
+        hold(quotas, "test-hold", 25, [2**22 + 12345])  # above pid_max: no such process
+    assert len(quotas) == 1 and quotas[0].path.exists()
+    path = quotas[0].path
+    close_all(quotas)
+    assert not path.exists() and quotas == []
