@@ -86,12 +86,18 @@ def pair(lab):
         return node
 
     def start_pair(mutate=None, **ha) -> tuple[Node, Node]:
-        lb1, lb2 = start("lb1", mutate, **ha), start("lb2", mutate, **ha)
-        # Deadlines count from the cluster's start, not from the process's: a busy machine takes seconds
-        # to import Twisted and scapy, and that is no part of what these tests are about.
-        for node in (lb1, lb2):
-            node.wait_log(r"cluster: ", timeout=20)
-        wait_for(lambda: lab.holds("lb1", VIP), 5, "lb1 master")
+        # lb2 starts once lb1's cluster runs. Started together, a busy machine may bring lb2's cluster up
+        # more than initdead before lb1's: lb2 then rightly claims the VIPs and keeps them (failback is
+        # off), which is no part of what these tests are about. Deadlines count from the cluster's start,
+        # not from the process's: importing Twisted and scapy can take seconds.
+        lb1 = start("lb1", mutate, **ha)
+        lb1.wait_log(r"cluster: ", timeout=20)
+        lb2 = start("lb2", mutate, **ha)
+        lb2.wait_log(r"cluster: ", timeout=20)
+        try:
+            wait_for(lambda: lab.holds("lb1", VIP), 5, "lb1 master")
+        except AssertionError as e:  # say why: the two logs are all a CI run leaves behind
+            raise AssertionError(f"{e}\n--- lb1:\n{lb1.log()[-3000:]}\n--- lb2:\n{lb2.log()[-3000:]}") from None
         lb2.wait_log(r"INIT -> SLAVE")
         return lb1, lb2
 
@@ -190,6 +196,7 @@ def test_slave_cut_off_from_peer_and_ping_node_does_not_take_over(lab, pair):
 
 def test_two_masters_are_resolved_as_soon_as_they_hear_each_other(lab, pair):
     lb1, lb2 = pair()
+    serves_through(lab, lb1)  # the client uses the VIP, so it has a neighbour entry for the GARPs to move
     # Heartbeats alone are cut, on both paths: both nodes still reach the ping node, so both serve.
     lab.set_hb_link(False)
     lab.run("lb2", "nft", "add table inet cut; add chain inet cut in { type filter hook input priority 0; }; "
@@ -249,6 +256,7 @@ def test_clean_stop_of_the_master_hands_over_without_waiting_for_deadtime(lab, p
 
 def test_with_failback_the_returning_master_takes_the_vips_back(lab, pair):
     lb1, lb2 = pair(auto_failback=True)
+    serves_through(lab, lb1)
     lb1.proc.stop(9)
     wait_for(lambda: lab.holds("lb2", VIP), 3, "lb2 takes over")
     wait_for(lambda: not lab.holds("lb1", VIP), VIP_LEASE + 1.5, "lb1's stale VIP expires")
