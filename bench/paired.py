@@ -16,14 +16,16 @@ Its resolution is a few per cent, not better: three copies of one version (`pair
 daemon keeping a bias of its own that no ordering removes. Repeat a run before trusting a smaller gap.
 
     python3 bench/paired.py REV_OR_DIR ... [--workload bulk1|bulk8|keepalive|newconn|keepalive+bulk8 ...]
-                                           [--rounds 8] [--duration 4] [--quota PERCENT]
+                                           [--rounds 8] [--duration 4] [--quota PERCENT] [--floor]
 
 A REV_OR_DIR is a directory holding a checkout, or a git revision of this repository (exported with
 `git archive` into the temporary directory). Example: `python3 bench/paired.py HEAD~1 HEAD --workload
 bulk8`. --quota holds each proxy to that share of one CPU (bench/cpuquota.py), for a comparison where
 the proxy is the bottleneck. keepalive+bulk8 measures keep-alive requests through a proxy that carries 8
 bulk streams meanwhile (its CPU figures include the bulk). Same machine layout, backends, configuration
-and clean-up as bench/proxy_vs_haproxy.py, whose parts it uses; the load runs on CPU 1.
+and clean-up as bench/proxy_vs_haproxy.py, whose parts it uses; the load runs on CPU 1. --floor adds
+bench/python_floor.py, the least Python a relay can be, to the keepalive and newconn workloads: how much of
+hapair's gap to HAProxy is the interpreter's floor.
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ WORKLOADS = {
 }
 #: Seconds the bulk streams of keepalive+bulk8 run before wrk starts (and after it ends).
 MIXED_LEAD = 1.5
+#: The workloads bench/python_floor.py can carry (small messages), its port, and its name in the report.
+FLOOR_WORKLOADS = ("keepalive", "newconn")
+FLOOR_PORT = 18299
+FLOOR = "python-floor"
 #: Seconds before a slice that failed is run again (once).
 RETRY_PAUSE = 3.0
 
@@ -81,6 +87,14 @@ def start_version(procs: b.Processes, tree: Path, workdir: Path, index: int) -> 
     proc = procs.start(f"hapair-{index}", argv, b.CPUS["proxy"], cwd=tree)
     b.wait_until(f"hapair from {tree} serving", lambda: "serving" in proc.output(), 30, proc)
     return b.Proxy(f"hapair-{index}", proc, ports)
+
+
+def start_floor(procs: b.Processes) -> b.Proxy:
+    script = Path(__file__).resolve().parent / "python_floor.py"
+    argv = [sys.executable, str(script), str(FLOOR_PORT), str(b.NGINX_PORT)]
+    proc = procs.start(FLOOR, argv, b.CPUS["proxy"])
+    b.wait_until(f"{FLOOR} on {FLOOR_PORT}", lambda: b.listening(FLOOR_PORT), 10, proc)
+    return b.Proxy(FLOOR, proc, {w: FLOOR_PORT for w in FLOOR_WORKLOADS})
 
 
 def run_once(proxy: b.Proxy, workload: str, duration: int) -> tuple[float, float, float, float, float]:
@@ -139,8 +153,13 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--duration", type=int, default=4)
     add_quota_option(p)
+    p.add_argument("--floor", action="store_true", help=f"add bench/python_floor.py to {' and '.join(FLOOR_WORKLOADS)}")
     args = p.parse_args()
     workloads = args.workload or list(WORKLOADS)
+
+    def extra(workload: str) -> list[str]:
+        return [FLOOR] if args.floor and workload in FLOOR_WORKLOADS else []
+
     if os.geteuid() != 0:
         print("run as root (nginx binds as root, hapair runs at nice -5, the proxies need many descriptors)",
               file=sys.stderr)  # fmt: skip
@@ -167,6 +186,8 @@ def main() -> int:
             for splice in (False, True):
                 proxy = b.start_haproxy(procs, root, splice, 1)
                 proxies[proxy.name] = proxy
+            if args.floor:
+                proxies[FLOOR] = start_floor(procs)
             time.sleep(2.5)  # the first health checks
             if args.quota:
                 for i, proxy in enumerate(proxies.values()):
@@ -174,7 +195,7 @@ def main() -> int:
             samples = {w: {n: [] for n in proxies} for w in workloads}
             for r in range(args.rounds):
                 for workload in workloads:
-                    order = [*names, WORKLOADS[workload][1]]
+                    order = [*names, WORKLOADS[workload][1], *extra(workload)]
                     order = order[r % len(order) :] + order[: r % len(order)]  # each takes each place in turn
                     for name in order if (r // len(order)) % 2 == 0 else order[::-1]:
                         try:
@@ -195,7 +216,7 @@ def main() -> int:
             if args.quota:
                 print(f"each proxy held to {args.quota}% of one CPU ({quota_period(args.quota)})")
             for workload in workloads:
-                names_here = [*names, WORKLOADS[workload][1]]
+                names_here = [*names, WORKLOADS[workload][1], *extra(workload)]
                 print("\n".join(report(workload, names_here, samples[workload])))
         except QuotaError as e:
             print(f"--quota: {e}", file=sys.stderr)
