@@ -20,6 +20,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until(predicate, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
 def upper_server(sock: socket.socket, stop: threading.Event, ended: list[int]) -> None:
     """Answers each message with its upper case, until the client closes; one thread per connection.
     Appends to `ended` each time a client closes."""
@@ -56,10 +63,8 @@ def test_the_floor_relays_both_ways_on_many_connections_and_closes_with_its_peer
             except OSError:
                 assert relay.poll() is None and time.monotonic() < deadline, relay.stderr.read()
                 time.sleep(0.05)
-        deadline = time.monotonic() + 5
-        while not ended:  # the probe connection's pair was closed on the server's side too
-            assert time.monotonic() < deadline, "the relay did not close the server's side"
-            time.sleep(0.01)
+        # The probe connection's pair was closed on the server's side too.
+        wait_until(lambda: ended, "the relay did not close the server's side")
         clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
         for round_ in range(3):
             for i, c in enumerate(clients):
@@ -68,13 +73,12 @@ def test_the_floor_relays_both_ways_on_many_connections_and_closes_with_its_peer
                 want = f"REQUEST {round_} ON {i} ".encode() * 40
                 got = b""
                 while len(got) < len(want):
-                    got += c.recv(4096)
+                    chunk = c.recv(4096)
+                    assert chunk, f"connection {i} closed after {len(got)} of {len(want)} bytes"
+                    got += chunk
                 assert got == want
         clients[0].close()
-        deadline = time.monotonic() + 5
-        while len(ended) < 2:
-            assert time.monotonic() < deadline, "the relay did not close the server's side"
-            time.sleep(0.01)
+        wait_until(lambda: len(ended) >= 2, "the relay did not close the server's side")
         # A fresh connection still works, and the others as well.
         with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
             c.sendall(b"again")
