@@ -1,5 +1,5 @@
 """The benchmark's table: a row for every figure of the workloads that ran, "error" where a proxy has no
-value, and no rows for the workloads --only left out."""
+value, and no rows for the workloads --only left out; and its verdict on the performance issue's targets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from proxy_vs_haproxy import table  # noqa: E402
+from proxy_vs_haproxy import TARGETS, table, verdict  # noqa: E402
 
 
 def rows(lines: list[str]) -> dict[tuple[str, str], list[str]]:
@@ -35,3 +35,51 @@ def test_a_full_run_has_every_figure():
     got = rows(table({"hapair": {}, "haproxy": {}, "haproxy-splice": {}},
                      ["idle memory", "bulk 1 stream", "bulk 8 streams", "keep-alive", "new connections"]))
     assert len(got) == 17
+
+
+ALL = ["idle memory", "bulk 1 stream", "bulk 8 streams", "keep-alive", "new connections"]
+
+
+def at_ratio(ratio: float) -> dict[str, dict[tuple[str, str], float]]:
+    """Every target's figure, hapair's at `ratio` times both HAProxies' (10.0)."""
+    results = {"hapair": {}, "haproxy": {}, "haproxy-splice": {}}
+    for workload, metric, *_ in TARGETS:
+        results["haproxy"][(workload, metric)] = results["haproxy-splice"][(workload, metric)] = 10.0
+        results["hapair"][(workload, metric)] = 10.0 * ratio
+    return results
+
+
+def test_a_run_at_the_references_figures_meets_every_target_but_the_keepalive_rate_just_below():
+    results = at_ratio(1.0)
+    results["hapair"][("keep-alive", "requests/s")] = 9.4  # x0.94: a note must not round this to 0.95
+    head, *lines = verdict(results, ALL)
+    assert head == "targets: 9 of 10 met; missed: keep-alive requests/s"
+    assert "  MISSED keep-alive, requests/s: x0.94 haproxy (target: at least x0.95)" in lines
+    assert sum(line.startswith("  met") for line in lines) == 9
+
+
+def test_a_bound_is_met_exactly_at_it_and_missed_just_past_it():
+    results = at_ratio(1.0)
+    results["hapair"][("keep-alive", "proxy CPU us per request")] = 12.0  # x1.2: the bound itself
+    results["hapair"][("new connections", "latency p99 ms")] = 13.01  # x1.301
+    head, *_ = verdict(results, ALL)
+    assert head == "targets: 9 of 10 met; missed: new connections latency p99 ms"
+
+
+def test_throughput_must_beat_both_haproxies_and_each_ratio_is_shown():
+    results = at_ratio(1.0)
+    results["haproxy-splice"][("bulk 8 streams", "throughput Gbit/s")] = 11.0
+    _, *lines = verdict(results, ["bulk 8 streams"])
+    assert lines == [
+        "  met    bulk 8 streams, proxy CPU ms per Gbit: x1.00 haproxy-splice (target: at most x1.2)",
+        "  MISSED bulk 8 streams, throughput Gbit/s: x1.00 haproxy, x0.91 haproxy-splice (target: at least x1)",
+    ]
+
+
+def test_a_missing_figure_is_a_miss_and_workloads_not_run_are_not_judged():
+    results = at_ratio(0.5)  # half the CPU and memory (met) but half the rates (missed)
+    del results["haproxy"][("idle memory", "KiB per idle connection")]
+    head, *lines = verdict(results, ["idle memory", "keep-alive"])
+    assert head == "targets: 1 of 3 met; missed: keep-alive requests/s; idle memory KiB per idle connection"
+    assert "  MISSED idle memory, KiB per idle connection: no figure for haproxy (target: at most x1)" in lines
+    assert len(lines) == 3
