@@ -733,11 +733,18 @@ def verdict(results: dict[str, dict[tuple[str, str], float]], ran: list[str]) ->
         if workload not in ran:
             continue
         ours = results["hapair"].get((workload, metric))
-        ratios = [(ref, ours / theirs if ours is not None and theirs else None)
-                  for ref in refs for theirs in [results[ref].get((workload, metric))]]  # fmt: skip
-        met = all(r is not None and (r <= bound if way == "at most" else r >= bound) for _, r in ratios)
-        shown = ", ".join(f"x{r:.2f} {ref}" if r is not None else f"no figure for {ref}" for ref, r in ratios)
-        lines.append(f"  {'met   ' if met else 'MISSED'} {workload}, {metric}: {shown} (target: {way} x{bound:g})")
+        ratios, parts = [], []
+        for ref in refs:
+            theirs = results[ref].get((workload, metric))
+            if ours is None or not theirs:
+                ratios.append(None)
+                parts.append(f"no figure for {'hapair' if ours is None else ref}")
+            else:
+                ratios.append(ours / theirs)
+                parts.append(f"x{ours / theirs:.2f} {ref}")
+        met = all(r is not None and (r <= bound if way == "at most" else r >= bound) for r in ratios)
+        mark = "met   " if met else "MISSED"
+        lines.append(f"  {mark} {workload}, {metric}: {', '.join(parts)} (target: {way} x{bound:g})")
         if not met:
             missed.append(f"{workload} {metric}")
     head = f"targets: {len(lines) - len(missed)} of {len(lines)} met" + (f"; missed: {'; '.join(missed)}" if missed

@@ -83,3 +83,6 @@ def test_a_missing_figure_is_a_miss_and_workloads_not_run_are_not_judged():
     assert head == "targets: 1 of 3 met; missed: keep-alive requests/s; idle memory KiB per idle connection"
     assert "  MISSED idle memory, KiB per idle connection: no figure for haproxy (target: at most x1)" in lines
     assert len(lines) == 3
+    del results["hapair"][("keep-alive", "requests/s")]
+    _, *lines = verdict(results, ["keep-alive"])
+    assert "  MISSED keep-alive, requests/s: no figure for hapair (target: at least x0.95)" in lines
