@@ -10,6 +10,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from proxy_vs_haproxy import TARGETS, table, verdict  # noqa: E402
 
+#: Every workload of a full run.
+ALL = ["idle memory", "bulk 1 stream", "bulk 8 streams", "keep-alive", "new connections"]
+
 
 def rows(lines: list[str]) -> dict[tuple[str, str], list[str]]:
     out = {}
@@ -32,12 +35,8 @@ def test_only_the_workloads_run_have_rows_and_a_missing_value_reads_error():
 
 
 def test_a_full_run_has_every_figure():
-    got = rows(table({"hapair": {}, "haproxy": {}, "haproxy-splice": {}},
-                     ["idle memory", "bulk 1 stream", "bulk 8 streams", "keep-alive", "new connections"]))
+    got = rows(table({"hapair": {}, "haproxy": {}, "haproxy-splice": {}}, ALL))
     assert len(got) == 17
-
-
-ALL = ["idle memory", "bulk 1 stream", "bulk 8 streams", "keep-alive", "new connections"]
 
 
 def at_ratio(ratio: float) -> dict[str, dict[tuple[str, str], float]]:
