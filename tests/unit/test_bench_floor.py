@@ -11,13 +11,9 @@ import threading
 import time
 from pathlib import Path
 
+from .ports import free_port
+
 FLOOR = Path(__file__).resolve().parents[2] / "bench" / "python_floor.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate, what: str, timeout: float = 5.0) -> None:

@@ -9,6 +9,8 @@ import pytest
 
 from proxy import steering
 
+from .ports import free_port
+
 
 def test_the_program_reads_the_source_relative_to_the_network_header():
     # Offset 12 without SKF_NET_OFF reads the TCP header and silently steers everything to socket 0.
@@ -36,7 +38,7 @@ def _accepting(socks: list[socket.socket]) -> int:
 
 @pytest.mark.parametrize("workers", [2, 3])
 def test_the_kernel_steers_every_connection_of_a_source_to_its_worker(workers):
-    socks = steering.group("127.0.0.1", _free_port(), workers)
+    socks = steering.group("127.0.0.1", free_port(), workers)
     port = socks[0].getsockname()[1]
     try:
         seen: dict[str, set[int]] = {}
@@ -53,14 +55,8 @@ def test_the_kernel_steers_every_connection_of_a_source_to_its_worker(workers):
             s.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_port_someone_already_listens_on_is_refused_not_joined():
-    taken = steering.group("127.0.0.1", _free_port(), 2)  # another daemon's group, with SO_REUSEPORT
+    taken = steering.group("127.0.0.1", free_port(), 2)  # another daemon's group, with SO_REUSEPORT
     try:
         with pytest.raises(OSError) as e:
             steering.group("127.0.0.1", taken[0].getsockname()[1], 2)
