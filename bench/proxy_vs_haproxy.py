@@ -47,13 +47,16 @@ How:
     throughput is the load generators' (their CPU is 95-97% busy, a proxy's 50-60%), a tie that swings
     by 15% from round to round; held to the quota, it is what each proxy makes of the CPU it has, and
     the busy % figures read about PERCENT (less in a round of the cheaper bulk regime, which remains).
+  * --twin adds a fourth proxy, a second haproxy as shipped (same program, same configuration, ports of
+    its own), and judges it against the first by the same targets: how far apart two identical proxies
+    land in this run, the noise a verdict on hapair has to be read against.
   * Both keep source-IP persistence (haproxy: a stick table on src, 60 min, as hapair's services).
     hapair logs one line per session (its design); haproxy is configured without logging.
 
 Run, as root, from the repository (`bash tools/install-deps` installs haproxy, iperf3, wrk, nginx):
 
     python3 bench/proxy_vs_haproxy.py [--duration N] [--rounds N] [--quick] [--keep] [--cores 1|2] [--workers N]
-                                      [--only WORKLOAD ...] [--quota PERCENT]
+                                      [--only WORKLOAD ...] [--quota PERCENT] [--twin]
 
 --duration is the length of each timed workload and round in seconds (default 4), --rounds how many rounds
 (default 3: about 4 minutes in all);
@@ -102,8 +105,11 @@ WORKLOADS = ("bulk1", "bulk8", "keepalive", "newconn", "idle")
 HAPAIR_PORTS = {w: 18101 + i for i, w in enumerate(WORKLOADS)}
 HAPROXY_PORTS = {w: 18111 + i for i, w in enumerate(WORKLOADS)}
 SPLICE_PORTS = {w: 18121 + i for i, w in enumerate(WORKLOADS)}
+TWIN_PORTS = {w: 18131 + i for i, w in enumerate(WORKLOADS)}
 #: The proxies compared, in the table's column order: haproxy as shipped, then with its own zero-copy.
 PROXIES = ("hapair", "haproxy", "haproxy-splice")
+#: --twin's second haproxy as shipped, judged against the first (not a column of the table).
+TWIN = "haproxy-twin"
 IPERF_PORT, NGINX_PORT, HOLDER_PORT = 18201, 18202, 18203
 BACKEND_PORTS = {"bulk1": IPERF_PORT, "bulk8": IPERF_PORT, "keepalive": NGINX_PORT, "newconn": NGINX_PORT,
                  "idle": HOLDER_PORT}  # fmt: skip
@@ -460,8 +466,9 @@ def haproxy_config(ports: dict[str, int], splice: bool, threads: int) -> str:
     return text
 
 
-def start_haproxy(procs: Processes, workdir: Path, splice: bool, threads: int) -> Proxy:
-    name, ports = ("haproxy-splice", SPLICE_PORTS) if splice else ("haproxy", HAPROXY_PORTS)
+def start_haproxy(procs: Processes, workdir: Path, splice: bool, threads: int, twin: bool = False) -> Proxy:
+    name, ports = ("haproxy-splice", SPLICE_PORTS) if splice else (TWIN, TWIN_PORTS) if twin else ("haproxy",
+                                                                                                 HAPROXY_PORTS)
     path = workdir / f"{name}.cfg"
     path.write_text(haproxy_config(ports, splice, threads))
     proc = procs.start(name, ["haproxy", "-db", "-f", str(path)], CPUS["proxy"])
@@ -725,20 +732,22 @@ TARGETS = [
 ]
 
 
-def verdict(results: dict[str, dict[tuple[str, str], float]], ran: list[str]) -> list[str]:
+def verdict(results: dict[str, dict[tuple[str, str], float]], ran: list[str], subject: str = "hapair",
+            against: str | None = None) -> list[str]:  # fmt: skip
     """Each target of the workloads in `ran`, met or missed by this run's medians, and a count: so that a
-    run says what it showed, and a note cannot round a 0.94 up. A figure missing on either side is a miss."""
+    run says what it showed, and a note cannot round a 0.94 up. A figure missing on either side is a miss.
+    `subject` is the proxy judged; `against`, if given, is the one reference of every target (--twin)."""
     lines, missed = [], []
     for workload, metric, refs, way, bound in TARGETS:
         if workload not in ran:
             continue
-        ours = results["hapair"].get((workload, metric))
+        ours = results[subject].get((workload, metric))
         ratios, parts = [], []
-        for ref in refs:
+        for ref in refs if against is None else (against,):
             theirs = results[ref].get((workload, metric))
             if ours is None or not theirs:
                 ratios.append(None)
-                parts.append(f"no figure for {'hapair' if ours is None else ref}")
+                parts.append(f"no figure for {subject if ours is None else ref}")
             else:
                 ratios.append(ours / theirs)
                 parts.append(f"x{ours / theirs:.2f} {ref}")
@@ -797,6 +806,8 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
         workers = args.cores if args.workers is None else args.workers
         proxies = [start_hapair(procs, workdir, workers), start_haproxy(procs, workdir, False, args.cores),
                    start_haproxy(procs, workdir, True, args.cores)]  # fmt: skip
+        if args.twin:
+            proxies.append(start_haproxy(procs, workdir, False, args.cores, twin=True))
         time.sleep(2.5)  # the first health checks
         for proxy in proxies:
             proxy.rss_start = rss_kib(proxy.pid)
@@ -862,8 +873,13 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
             f"{workload} {100 * steal / total:.1f}%" for workload, (steal, total) in stolen.items() if total))
         notes.append(f"total run time {time.monotonic() - started:.0f}s")
         ran = [w for w, _ in plan]
-        return [*machine_header(args, args.connections), "", *table(results, ran), "", *verdict(results, ran), "",
-                "notes:", *[f"  {n}" for n in notes]]  # fmt: skip
+        twin = []
+        if args.twin:
+            head, *lines = verdict(results, ran, TWIN, against="haproxy")
+            twin = ["", f"{TWIN} (the same haproxy again) against haproxy, by the same targets: what this run's noise "
+                        f"alone gives. {head}", *lines]  # fmt: skip
+        return [*machine_header(args, args.connections), "", *table(results, ran), "", *verdict(results, ran), *twin,
+                "", "notes:", *[f"  {n}" for n in notes]]  # fmt: skip
     finally:
         clean_up(procs, quotas)
 
@@ -942,6 +958,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                 "supervisor process)")
     add_quota_option(p, "hold each proxy (all its processes) to PERCENT of one CPU with a cgroup CPU quota, so "
                         "that the proxy, not the load generators, is the bottleneck (bench/cpuquota.py)")
+    p.add_argument("--twin", action="store_true", help="add a second haproxy as shipped and judge it against the "
+                                                        "first by the same targets: the run's noise, measured")
     p.add_argument("--role", choices=("holder", "client"), help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, help=argparse.SUPPRESS)

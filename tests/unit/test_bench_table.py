@@ -85,3 +85,16 @@ def test_a_missing_figure_is_a_miss_and_workloads_not_run_are_not_judged():
     del results["hapair"][("keep-alive", "requests/s")]
     _, *lines = verdict(results, ["keep-alive"])
     assert "  MISSED keep-alive, requests/s: no figure for hapair (target: at least x0.95)" in lines
+
+
+def test_the_twin_is_judged_against_plain_haproxy_alone_by_the_same_bounds():
+    results = at_ratio(1.0)
+    results["haproxy-twin"] = dict(results["haproxy"])
+    results["haproxy-twin"][("keep-alive", "requests/s")] = 9.3  # x0.93: noise alone can miss a bound
+    results["haproxy-splice"][("bulk 1 stream", "proxy CPU ms per Gbit")] = 1.0  # not the twin's reference
+    results["haproxy-twin"][("bulk 8 streams", "throughput Gbit/s")] = None
+    head, *lines = verdict(results, ALL, "haproxy-twin", against="haproxy")
+    assert head == ("targets: 8 of 10 met; missed: bulk 8 streams throughput Gbit/s; keep-alive requests/s")
+    assert "  met    bulk 1 stream, proxy CPU ms per Gbit: x1.00 haproxy (target: at most x1.2)" in lines
+    assert "  MISSED bulk 8 streams, throughput Gbit/s: no figure for haproxy-twin (target: at least x1)" in lines
+    assert "  MISSED keep-alive, requests/s: x0.93 haproxy (target: at least x0.95)" in lines
