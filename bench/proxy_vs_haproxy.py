@@ -49,14 +49,17 @@ How:
     the busy % figures read about PERCENT (less in a round of the cheaper bulk regime, which remains).
   * --twin adds a fourth proxy, a second haproxy as shipped (same program, same configuration, ports of
     its own), and judges it against the first by the same targets: how far apart two identical proxies
-    land in this run, the noise a verdict on hapair has to be read against.
+    land in this run, the noise a verdict on hapair has to be read against. --twin-per-thread gives the
+    twin one listening socket per thread (a `bind ... thread N` line each, SO_REUSEPORT), so that each
+    thread accepts from a queue of its own, as each of hapair's workers does, instead of HAProxy's
+    multi-queue accept handing each connection to the least loaded thread.
   * Both keep source-IP persistence (haproxy: a stick table on src, 60 min, as hapair's services).
     hapair logs one line per session (its design); haproxy is configured without logging.
 
 Run, as root, from the repository (`bash tools/install-deps` installs haproxy, iperf3, wrk, nginx):
 
     python3 bench/proxy_vs_haproxy.py [--duration N] [--rounds N] [--quick] [--keep] [--cores 1|2] [--workers N]
-                                      [--only WORKLOAD ...] [--quota PERCENT] [--twin]
+                                      [--only WORKLOAD ...] [--quota PERCENT] [--twin | --twin-per-thread]
 
 --duration is the length of each timed workload and round in seconds (default 4), --rounds how many rounds
 (default 3: about 4 minutes in all);
@@ -436,7 +439,7 @@ def start_hapair(procs: Processes, workdir: Path, workers: int) -> Proxy:
     return Proxy("hapair", proc, HAPAIR_PORTS)
 
 
-def haproxy_config(ports: dict[str, int], splice: bool, threads: int) -> str:
+def haproxy_config(ports: dict[str, int], splice: bool, threads: int, per_thread: bool = False) -> str:
     # maxconn 12000 asks for 24,000 descriptors, above the machine's hard limit of 20,000, which haproxy
     # 2.6 refuses by default (strict-limits); the 5,000 idle connections need 10,000, so run with less.
     text = textwrap.dedent("""\
@@ -455,22 +458,21 @@ def haproxy_config(ports: dict[str, int], splice: bool, threads: int) -> str:
         """).format(threads=threads, tune="tune.pipesize 1048576" if splice else "",
                     splice="option splice-request\n    option splice-response" if splice else "")
     for workload in WORKLOADS:
-        text += textwrap.dedent(f"""
-            listen {workload}
-                bind {HOST}:{ports[workload]}
-                balance roundrobin
-                stick-table type ip size 200k expire 60m
-                stick on src
-                server backend {HOST}:{BACKEND_PORTS[workload]} check inter 2s
-            """)
+        # per_thread: a listening socket per thread, each thread accepting from its own queue (--twin-per-thread)
+        binds = [f"bind {HOST}:{ports[workload]}" + (f" thread {t}" if per_thread else "")
+                 for t in (range(1, threads + 1) if per_thread else [0])]  # fmt: skip
+        lines = [*binds, "balance roundrobin", "stick-table type ip size 200k expire 60m", "stick on src",
+                 f"server backend {HOST}:{BACKEND_PORTS[workload]} check inter 2s"]  # fmt: skip
+        text += f"\nlisten {workload}\n" + "".join(f"    {line}\n" for line in lines)
     return text
 
 
-def start_haproxy(procs: Processes, workdir: Path, splice: bool, threads: int, twin: bool = False) -> Proxy:
+def start_haproxy(procs: Processes, workdir: Path, splice: bool, threads: int, twin: bool = False,
+                  per_thread: bool = False) -> Proxy:  # fmt: skip
     name, ports = ("haproxy-splice", SPLICE_PORTS) if splice else (TWIN, TWIN_PORTS) if twin else ("haproxy",
                                                                                                  HAPROXY_PORTS)
     path = workdir / f"{name}.cfg"
-    path.write_text(haproxy_config(ports, splice, threads))
+    path.write_text(haproxy_config(ports, splice, threads, per_thread))
     proc = procs.start(name, ["haproxy", "-db", "-f", str(path)], CPUS["proxy"])
     wait_until(f"{name}'s listeners", lambda: all(listening(p) for p in ports.values()), 15, proc)
     return Proxy(name, proc, ports)
@@ -807,7 +809,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
         proxies = [start_hapair(procs, workdir, workers), start_haproxy(procs, workdir, False, args.cores),
                    start_haproxy(procs, workdir, True, args.cores)]  # fmt: skip
         if args.twin:
-            proxies.append(start_haproxy(procs, workdir, False, args.cores, twin=True))
+            proxies.append(start_haproxy(procs, workdir, False, args.cores, twin=True, per_thread=args.twin_per_thread))
         time.sleep(2.5)  # the first health checks
         for proxy in proxies:
             proxy.rss_start = rss_kib(proxy.pid)
@@ -876,8 +878,11 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
         twin = []
         if args.twin:
             head, *lines = verdict(results, ran, TWIN, against="haproxy")
-            twin = ["", f"{TWIN} (the same haproxy again) against haproxy, by the same targets: what this run's noise "
-                        f"alone gives. {head}", *lines]  # fmt: skip
+            what = ("the same haproxy again, with a listening socket per thread" if args.twin_per_thread else
+                    "the same haproxy again) against haproxy, by the same targets: what this run's noise alone gives")
+            if args.twin_per_thread:
+                what += ") against haproxy, by the same targets"
+            twin = ["", f"{TWIN} ({what}. {head}", *lines]
         return [*machine_header(args, args.connections), "", *table(results, ran), "", *verdict(results, ran), *twin,
                 "", "notes:", *[f"  {n}" for n in notes]]  # fmt: skip
     finally:
@@ -960,12 +965,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "that the proxy, not the load generators, is the bottleneck (bench/cpuquota.py)")
     p.add_argument("--twin", action="store_true", help="add a second haproxy as shipped and judge it against the "
                                                         "first by the same targets: the run's noise, measured")
+    p.add_argument("--twin-per-thread", action="store_true", help="--twin, the twin with a listening socket per "
+                                                                   "thread (each thread its own accept queue)")
     p.add_argument("--role", choices=("holder", "client"), help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.rounds = 2, 1
+    args.twin = args.twin or args.twin_per_thread
     if not 1 <= args.rounds <= 20:
         p.error("--rounds runs from 1 to 20")
     if not 1 <= args.duration <= 120:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from proxy_vs_haproxy import TARGETS, table, verdict  # noqa: E402
+from proxy_vs_haproxy import HAPROXY_PORTS, TARGETS, haproxy_config, table, verdict  # noqa: E402
 
 #: Every workload of a full run.
 ALL = ["idle memory", "bulk 1 stream", "bulk 8 streams", "keep-alive", "new connections"]
@@ -98,3 +98,13 @@ def test_the_twin_is_judged_against_plain_haproxy_alone_by_the_same_bounds():
     assert "  met    bulk 1 stream, proxy CPU ms per Gbit: x1.00 haproxy (target: at most x1.2)" in lines
     assert "  MISSED bulk 8 streams, throughput Gbit/s: no figure for haproxy-twin (target: at least x1)" in lines
     assert "  MISSED keep-alive, requests/s: x0.93 haproxy (target: at least x0.95)" in lines
+
+
+def test_the_per_thread_twin_gives_each_thread_a_listening_socket_of_its_own():
+    def binds(text: str) -> list[str]:
+        return [line.strip() for line in text.splitlines() if line.strip().startswith("bind 127.0.0.1:18114")]
+
+    assert binds(haproxy_config(HAPROXY_PORTS, False, 2)) == ["bind 127.0.0.1:18114"]
+    per_thread = haproxy_config(HAPROXY_PORTS, False, 2, per_thread=True)
+    assert binds(per_thread) == ["bind 127.0.0.1:18114 thread 1", "bind 127.0.0.1:18114 thread 2"]
+    assert per_thread.count("    stick on src\n") == 5
