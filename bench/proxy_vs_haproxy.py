@@ -459,9 +459,8 @@ def haproxy_config(ports: dict[str, int], splice: bool, threads: int, per_thread
                     splice="option splice-request\n    option splice-response" if splice else "")
     for workload in WORKLOADS:
         # per_thread: a listening socket per thread, each thread accepting from its own queue (--twin-per-thread)
-        binds = [f"bind {HOST}:{ports[workload]}" + (f" thread {t}" if per_thread else "")
-                 for t in (range(1, threads + 1) if per_thread else [0])]  # fmt: skip
-        lines = [*binds, "balance roundrobin", "stick-table type ip size 200k expire 60m", "stick on src",
+        suffixes = [f" thread {t}" for t in range(1, threads + 1)] if per_thread else [""]
+        lines = [*(f"bind {HOST}:{ports[workload]}{suffix}" for suffix in suffixes), "balance roundrobin", "stick-table type ip size 200k expire 60m", "stick on src",
                  f"server backend {HOST}:{BACKEND_PORTS[workload]} check inter 2s"]  # fmt: skip
         text += f"\nlisten {workload}\n" + "".join(f"    {line}\n" for line in lines)
     return text
@@ -878,10 +877,10 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
         twin = []
         if args.twin:
             head, *lines = verdict(results, ran, TWIN, against="haproxy")
-            what = ("the same haproxy again, with a listening socket per thread" if args.twin_per_thread else
-                    "the same haproxy again) against haproxy, by the same targets: what this run's noise alone gives")
             if args.twin_per_thread:
-                what += ") against haproxy, by the same targets"
+                what = "the same haproxy again, with a listening socket per thread) against haproxy, by the same targets"
+            else:
+                what = "the same haproxy again) against haproxy, by the same targets: what this run's noise alone gives"
             twin = ["", f"{TWIN} ({what}. {head}", *lines]
         return [*machine_header(args, args.connections), "", *table(results, ran), "", *verdict(results, ran), *twin,
                 "", "notes:", *[f"  {n}" for n in notes]]  # fmt: skip
