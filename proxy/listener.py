@@ -4,7 +4,8 @@ Sockets are made here rather than by `listenTCP`:
 - a VIP is bound with IP_FREEBIND, so the slave listens on addresses it does not hold yet and serves the
   instant a takeover adds them;
 - with worker processes, the supervisor makes one socket per worker with SO_REUSEPORT and steers each
-  client address to one of them (`proxy.steering`), and the workers adopt them.
+  client address to one of them (or, for a service without persistence, each connection to any of them:
+  `proxy.steering`), and the workers adopt them.
 Accepted clients are turned away at once (closed) when their source is not allowed, the service is at
 maxconn, or no real server may take them; the others become sessions (`proxy.relay`).
 """

@@ -24,7 +24,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from hapair.config import AdminState, ClusterConfig
+from hapair.config import AdminState, ClusterConfig, PersistenceMode
 from proxy import channel, steering
 from proxy.service import ProxyService, rebound
 from proxy.stats import TRAFFIC
@@ -190,6 +190,14 @@ class Worker:
         return d.addBoth(lambda r: kill.cancel() if kill.active() else None)
 
 
+def listeners(cluster: ClusterConfig) -> dict[tuple[str, int], bool]:
+    """Every address and port of `cluster`'s services, and whether its clients are steered to a worker by
+    their address (the service keeps source-IP persistence: all of a client's connections must meet the
+    worker holding its entry) or each connection to any worker (no per-client state to keep together)."""
+    return {(str(vs.ip), port): vs.persistence.mode is PersistenceMode.SOURCE_IP
+            for vs in cluster.virtual_services for port in vs.ports}  # fmt: skip
+
+
 class Supervisor(service.Service):
     def __init__(self, cluster: ClusterConfig, count: int, reactor: Any = None):
         if reactor is None:
@@ -198,6 +206,8 @@ class Supervisor(service.Service):
         self.control = ProxyService(cluster, reactor, serve=False)
         self.control.on_health = self._health
         self.groups: dict[tuple[str, int], list[socket.socket]] = {}
+        #: Whether each group steers by source address (see `listeners`) or spreads connections at random.
+        self.by_source: dict[tuple[str, int], bool] = {}
         self.workers = [Worker(self, i) for i in range(count)]
         #: (service, source, server, seconds left) for each new persistence assignment; set by replication.
         self.on_persist: Any = None
@@ -209,7 +219,7 @@ class Supervisor(service.Service):
 
     def privilegedStartService(self) -> None:
         # Every socket before anything starts: a port that cannot be bound fails the start.
-        self._bind({(str(vs.ip), port) for vs in self.cluster.virtual_services for port in vs.ports})
+        self._bind(listeners(self.cluster))
         self.control.privilegedStartService()
 
     def startService(self) -> None:
@@ -230,23 +240,34 @@ class Supervisor(service.Service):
             for sock in socks:
                 sock.close()
         self.groups.clear()
+        self.by_source.clear()
 
     def serving(self) -> bool:
         """Every worker serves, or is (re)starting within its grace."""
         now = self.reactor.seconds()
         return self.running and all(w.ready or (w.deadline is not None and now < w.deadline) for w in self.workers)
 
-    def _bind(self, keys: set[tuple[str, int]]) -> None:
-        made = {}
+    def _bind(self, keys: dict[tuple[str, int], bool]) -> None:
+        """Makes the groups of `keys` not made yet (all of them, or none and an error), and re-steers those
+        whose service turned source-IP persistence on or off: the group's program is replaced, its sockets
+        and their backlogs untouched."""
+        made, count = {}, len(self.workers)
         try:
-            for ip, port in sorted(keys - self.groups.keys()):
-                made[(ip, port)] = steering.group(ip, port, len(self.workers))
+            for ip, port in sorted(keys.keys() - self.groups.keys()):
+                made[(ip, port)] = steering.group(ip, port, count, keys[(ip, port)])
         except OSError as e:
             for socks in made.values():
                 for sock in socks:
                     sock.close()
             raise OSError(e.errno, f"cannot listen on {ip} port {port}: {e.strerror}")
         self.groups.update(made)
+        self.by_source.update((key, keys[key]) for key in made)
+        for key, socks in self.groups.items():
+            steer = keys.get(key)
+            if steer is not None and steer != self.by_source[key]:
+                if count > 1:
+                    steering.attach(socks[0], count, steer)
+                self.by_source[key] = steer
 
     # --- reload -------------------------------------------------------------------------------------
 
@@ -257,7 +278,7 @@ class Supervisor(service.Service):
 
     @defer.inlineCallbacks
     def _apply(self, cluster: ClusterConfig) -> Any:
-        keys = {(str(vs.ip), port) for vs in cluster.virtual_services for port in vs.ports}
+        keys = listeners(cluster)
         self._bind(keys)
         moved = rebound(self.cluster, cluster)
         self.cluster = cluster
@@ -268,7 +289,8 @@ class Supervisor(service.Service):
                 sends.append(self._reconfigure(worker, cluster, moved))
         yield defer.gatherResults(sends, consumeErrors=True)
         yield self.control.apply(cluster)
-        for key in self.groups.keys() - keys:
+        for key in self.groups.keys() - keys.keys():
+            del self.by_source[key]
             for sock in self.groups.pop(key):
                 sock.close()
 

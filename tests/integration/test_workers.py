@@ -2,7 +2,8 @@
 
 lb1 runs the guide's services with two workers. Each listening port is a SO_REUSEPORT group with one
 socket per worker and a BPF program steering each source address to one worker; without it a client's
-connections would be spread over workers with separate persistence tables.
+connections would be spread over workers with separate persistence tables. The ports of a service
+without persistence (IMAP4) send each connection to any worker instead.
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ def test_each_client_sticks_to_one_server_across_ports_and_workers(lab, lb1):
     assert [w["sessions"] - b for w, b in zip(after, before)] == expected
     rpc = lb1.service("CAS-RPC")
     assert rpc["persistence_entries"] - entries_before == len(CLIENT_EXTRA)
+
+
+def test_one_clients_connections_to_a_service_without_persistence_reach_both_workers(lab, lb1):
+    # CAS-IMAP4 keeps no per-client state: the connections of one address (a NAT, a smart host) go to any
+    # worker, at random (all 20 on one worker of two: once in 500,000 runs).
+    before = [w["sessions"] for w in workers(lb1)]
+    for _ in range(20):
+        assert lab.call("client", greeting, VIP, 143, CLIENT_EXTRA[0]).startswith("* OK")
+    added = [w["sessions"] - b for w, b in zip(workers(lb1), before)]
+    assert sum(added) == 20 and all(added), added
 
 
 def test_a_killed_worker_is_started_again_on_the_same_socket_with_its_clients_persistence(lab, lb1):

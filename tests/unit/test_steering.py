@@ -1,13 +1,18 @@
-"""Source steering: the BPF program's arithmetic, and the kernel following it on real loopback sockets."""
+"""Source steering: the BPF program's arithmetic, and the kernel following it on real loopback sockets; and
+the groups of services without persistence, whose connections go to any worker."""
 
 from __future__ import annotations
 
+import ipaddress
 import select
 import socket
 
 import pytest
 
+from hapair.config import AdminState, ClusterConfig, Persistence, PersistenceMode, RealServer, VirtualService
 from proxy import steering
+from proxy.supervisor import Supervisor, listeners
+from tests.unit.test_loop import FakeReactor
 
 from .ports import free_port
 
@@ -63,4 +68,64 @@ def test_a_port_someone_already_listens_on_is_refused_not_joined():
         assert e.value.errno == 98  # EADDRINUSE
     finally:
         for s in taken:
+            s.close()
+
+
+def test_a_group_that_does_not_steer_by_source_loads_a_random_number():
+    load, mod, ret = steering.program(4, 3, by_source=False)
+    assert load[3] == (steering.SKF_AD_OFF + steering.SKF_AD_RANDOM) & 0xFFFFFFFF
+    assert mod[3] == 3 and ret == steering.program(4, 3)[2]
+
+
+def _workers_of(socks: list[socket.socket], source: str, connections: int) -> list[int]:
+    """The index of the socket that accepted each of `connections` connections from `source`."""
+    port = socks[0].getsockname()[1]
+    found = []
+    for _ in range(connections):
+        c = socket.create_connection(("127.0.0.1", port), timeout=2, source_address=(source, 0))
+        found.append(_accepting(socks))
+        c.close()
+    return found
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_without_steering_one_sources_connections_reach_every_worker(workers):
+    # 60 connections miss a given worker of 3 with probability (2/3)**60, about 3e-11.
+    socks = steering.group("127.0.0.1", free_port(), workers, by_source=False)
+    try:
+        assert set(_workers_of(socks, "127.0.0.9", 60)) == set(range(workers))
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _cluster(port: int, persistence: PersistenceMode) -> ClusterConfig:
+    server = RealServer("rs", ipaddress.ip_address("127.0.0.1"), free_port(), 100, AdminState.ONLINE)
+    vs = VirtualService("S", ipaddress.ip_address("127.0.0.1"), (port,), (server,),
+                        persistence=Persistence(persistence))  # fmt: skip
+    return ClusterConfig((vs,))
+
+
+def test_only_a_service_with_source_persistence_is_steered_by_source():
+    port = free_port()
+    assert listeners(_cluster(port, PersistenceMode.SOURCE_IP)) == {("127.0.0.1", port): True}
+    assert listeners(_cluster(port, PersistenceMode.NONE)) == {("127.0.0.1", port): False}
+
+
+def test_turning_persistence_off_and_on_resteers_the_same_sockets():
+    port = free_port()
+    sup = Supervisor(_cluster(port, PersistenceMode.SOURCE_IP), 2, FakeReactor())
+    sup._bind(listeners(sup.cluster))
+    socks = sup.groups[("127.0.0.1", port)]
+    try:
+        source = "127.0.0.9"  # steered to worker 1
+        assert set(_workers_of(socks, source, 20)) == {steering.worker_of(source, 2)} == {1}
+        sup._bind(listeners(_cluster(port, PersistenceMode.NONE)))  # what a reload does first
+        assert sup.groups[("127.0.0.1", port)] is socks and sup.by_source == {("127.0.0.1", port): False}
+        assert set(_workers_of(socks, source, 40)) == {0, 1}
+        sup._bind(listeners(_cluster(port, PersistenceMode.SOURCE_IP)))
+        assert sup.groups[("127.0.0.1", port)] is socks and sup.by_source == {("127.0.0.1", port): True}
+        assert set(_workers_of(socks, source, 20)) == {1}
+    finally:
+        for s in socks:
             s.close()
