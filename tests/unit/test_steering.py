@@ -41,18 +41,22 @@ def _accepting(socks: list[socket.socket]) -> int:
     return socks.index(ready[0])
 
 
+def _workers_of(socks: list[socket.socket], source: str, connections: int) -> list[int]:
+    """The index of the socket that accepted each of `connections` connections from `source`."""
+    port = socks[0].getsockname()[1]
+    found = []
+    for _ in range(connections):
+        c = socket.create_connection(("127.0.0.1", port), timeout=2, source_address=(source, 0))
+        found.append(_accepting(socks))
+        c.close()
+    return found
+
+
 @pytest.mark.parametrize("workers", [2, 3])
 def test_the_kernel_steers_every_connection_of_a_source_to_its_worker(workers):
     socks = steering.group("127.0.0.1", free_port(), workers)
-    port = socks[0].getsockname()[1]
     try:
-        seen: dict[str, set[int]] = {}
-        for last in range(2, 40):
-            source = f"127.0.0.{last}"
-            for _ in range(3):
-                c = socket.create_connection(("127.0.0.1", port), timeout=2, source_address=(source, 0))
-                seen.setdefault(source, set()).add(_accepting(socks))
-                c.close()
+        seen = {f"127.0.0.{last}": set(_workers_of(socks, f"127.0.0.{last}", 3)) for last in range(2, 40)}
         assert all(found == {steering.worker_of(src, workers)} for src, found in seen.items()), seen
         assert {i for found in seen.values() for i in found} == set(range(workers))
     finally:
@@ -75,17 +79,6 @@ def test_a_group_that_does_not_steer_by_source_loads_a_random_number():
     load, mod, ret = steering.program(4, 3, by_source=False)
     assert load[3] == (steering.SKF_AD_OFF + steering.SKF_AD_RANDOM) & 0xFFFFFFFF
     assert mod[3] == 3 and ret == steering.program(4, 3)[2]
-
-
-def _workers_of(socks: list[socket.socket], source: str, connections: int) -> list[int]:
-    """The index of the socket that accepted each of `connections` connections from `source`."""
-    port = socks[0].getsockname()[1]
-    found = []
-    for _ in range(connections):
-        c = socket.create_connection(("127.0.0.1", port), timeout=2, source_address=(source, 0))
-        found.append(_accepting(socks))
-        c.close()
-    return found
 
 
 @pytest.mark.parametrize("workers", [2, 3])
