@@ -16,8 +16,11 @@ client on one worker of two. Attaching a program replaces the group's, sockets u
 turns persistence on or off re-steers the group's next connections without closing anything.
 
 Two facts that hold this together:
-- the load must be relative to the network header (SKF_NET_OFF + 12 for IPv4); a plain offset 12 reads
-  the transport header and silently sends everything to socket 0;
+- the load must be relative to the network header (SKF_NET_OFF + 12 for IPv4). A plain offset counts
+  from the end of the TCP header (the kernel runs the program with the data pulled past it), where a SYN
+  has nothing: the load fails, the program returns 0, and everything silently goes to socket 0 (`ld [0]`
+  and `ld [12]` sent 40 of 40 connections to socket 0 of 3, where `ld [SKF_NET_OFF + 20]`, the TCP
+  ports, spread them 18/13/9);
 - a group's index order is the order the sockets joined it, and closing one moves the last socket into
   its slot. So the supervisor makes the N sockets once, keeps them open for its whole life, and gives a
   re-forked worker the same socket its predecessor had (connections wait in the backlog meanwhile).

@@ -18,7 +18,7 @@ from .ports import free_port
 
 
 def test_the_program_reads_the_source_relative_to_the_network_header():
-    # Offset 12 without SKF_NET_OFF reads the TCP header and silently steers everything to socket 0.
+    # Offset 12 without SKF_NET_OFF reads past the TCP header, finds nothing, and steers everything to socket 0.
     load, mod, ret = steering.program(4, 3)
     assert load[3] == (steering.SKF_NET_OFF + 12) & 0xFFFFFFFF
     assert mod[3] == 3
