@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -37,29 +36,16 @@ LOADS = (("keepalive", False), ("newconn", True))
 MODES = ("source_ip", "none")
 
 
-def with_persistence(mode: str, make: Callable[[Path, int], str]) -> Callable[[Path, int], str]:
-    """`make` (the benchmark's hapair configuration) with every service's persistence `mode`."""
-
-    def config(workdir: Path, workers: int) -> str:
-        text = make(workdir, workers)
-        if "mode: source_ip" not in text:
-            raise RuntimeError("the benchmark's hapair configuration no longer sets source_ip persistence")
-        return text.replace("mode: source_ip", f"mode: {mode}")
-
-    return config
-
-
 def run_daemon(mode: str, seconds: int, percent: int, out: dict) -> None:
-    """Starts a daemon with persistence `mode`, runs each load once, records (rate, p99, CPU per worker)."""
+    """Starts a daemon with persistence `mode`, runs each load once, prints its figures and records its rate
+    in `out`."""
     workdir = Path(tempfile.mkdtemp(prefix="hapair-one-source-"))
     os.chmod(workdir, 0o755)
     procs = b.Processes(workdir)
     quotas: list[CpuQuota] = []
-    original = b.hapair_config
     try:
         b.start_nginx(procs, workdir)
-        b.hapair_config = with_persistence(mode, original)
-        proxy = b.start_hapair(procs, workdir, 2)
+        proxy = b.start_hapair(procs, workdir, 2, persistence=mode)
         time.sleep(2.5)  # the first health checks
         workers = b.tree(proxy.pid)[1:]
         for i, pid in enumerate(workers):
@@ -73,7 +59,6 @@ def run_daemon(mode: str, seconds: int, percent: int, out: dict) -> None:
                   + " ".join(f"{c:.2f}" for c in cpu), flush=True)  # fmt: skip
             time.sleep(b.SETTLE)
     finally:
-        b.hapair_config = original
         close_all(quotas)
         procs.stop_all()
 

@@ -398,7 +398,8 @@ class Proxy:
         return self.proc.pid
 
 
-def hapair_config(workdir: Path, workers: int) -> str:
+def hapair_config(workdir: Path, workers: int, persistence: str = "source_ip") -> str:
+    """One service per workload, each with `persistence` (bench/one_source.py turns it off)."""
     services = []
     for workload in WORKLOADS:
         services.append(textwrap.dedent(f"""\
@@ -406,7 +407,7 @@ def hapair_config(workdir: Path, workers: int) -> str:
               ip: {HOST}
               ports: [{HAPAIR_PORTS[workload]}]
               balance: weighted_round_robin
-              persistence: {{mode: source_ip, timeout: 60m}}
+              persistence: {{mode: {persistence}, timeout: 60m}}
               health_check: {{kind: connect, interval: 2s}}
               timeouts: {{client: 1h, server: 1h}}
               real_servers:
@@ -425,9 +426,9 @@ def hapair_config(workdir: Path, workers: int) -> str:
 HAPAIR_NICE = ["nice", "-n", "-5"]
 
 
-def start_hapair(procs: Processes, workdir: Path, workers: int) -> Proxy:
+def start_hapair(procs: Processes, workdir: Path, workers: int, persistence: str = "source_ip") -> Proxy:
     path = workdir / "hapair.yaml"
-    path.write_text(hapair_config(workdir, workers))
+    path.write_text(hapair_config(workdir, workers, persistence))
     proc = procs.start("hapair", [*HAPAIR_NICE, sys.executable, "-m", "hapair", "--config", str(path), "run"],
                        CPUS["proxy"])  # fmt: skip
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from proxy_vs_haproxy import HAPROXY_PORTS, TARGETS, haproxy_config, table, verdict  # noqa: E402
+from proxy_vs_haproxy import HAPROXY_PORTS, TARGETS, WORKLOADS, haproxy_config, hapair_config, table, verdict  # noqa: E402
 
 #: Every workload of a full run.
 ALL = ["idle memory", "bulk 1 stream", "bulk 8 streams", "keep-alive", "new connections"]
@@ -108,3 +108,11 @@ def test_the_per_thread_twin_gives_each_thread_a_listening_socket_of_its_own():
     per_thread = haproxy_config(HAPROXY_PORTS, False, 2, per_thread=True)
     assert binds(per_thread) == ["bind 127.0.0.1:18114 thread 1", "bind 127.0.0.1:18114 thread 2"]
     assert per_thread.count("    stick on src\n") == 5
+
+
+def test_hapairs_configuration_without_persistence_differs_in_the_mode_alone(tmp_path):
+    # bench/one_source.py runs the same services with persistence off.
+    steered, spread = (hapair_config(tmp_path, 2, mode) for mode in ("source_ip", "none"))
+    assert steered == hapair_config(tmp_path, 2)
+    assert spread.count("mode: none") == steered.count("mode: source_ip") == len(WORKLOADS)
+    assert spread.replace("mode: none", "mode: source_ip") == steered
