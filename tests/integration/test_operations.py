@@ -128,6 +128,9 @@ def test_cli_errors_are_clear(lab, lb2):
 def test_the_daemon_does_not_start_when_a_port_cannot_be_bound(lab):
     def hold() -> socket.socket:
         s = socket.socket()  # made in this thread, so in lb2's namespace
+        # Past the earlier tests' connections to port 135 still in TIME_WAIT (without it the bind itself
+        # failed once in CI); a live listener still refuses the daemon's bind, SO_REUSEADDR or not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("0.0.0.0", 135))
         s.listen()
         return s
